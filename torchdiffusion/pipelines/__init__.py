@@ -1,0 +1,1 @@
+"""Pipelines: scheduler + models -> images, saved and loaded as Diffusers pipeline folders."""

@@ -1,0 +1,287 @@
+"""DiffusionPipeline: a set of named components (models, scheduler, tokenizer...) saved as a folder.
+
+A pipeline folder holds ``model_index.json`` (``_class_name``, ``_diffusers_version`` and, for every component,
+``[library, class_name]`` or ``[null, null]``) and one subfolder per component. Loading is allow-listed: only
+classes of this package and a fixed set of ``transformers`` classes are ever built, and component names must be
+plain folder names. No code is ever run from a file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..configuration import ConfigMixin, read_json
+from ..hub import HUB_KWARGS, check_plain_name, resolve_file
+from ..utils.outputs import BaseOutput
+
+# transformers classes a pipeline folder may name (text encoders, tokenizers, image processors).
+TRANSFORMERS_ALLOWED = frozenset({
+    "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "CLIPTokenizerFast",
+    "CLIPVisionModelWithProjection", "CLIPImageProcessor", "CLIPImageProcessorFast", "CLIPFeatureExtractor",
+    "T5EncoderModel", "T5Tokenizer", "T5TokenizerFast",
+})
+_OUR_LIBRARIES = ("diffusers", "torchdiffusion")
+
+
+@dataclass
+class ImagePipelineOutput(BaseOutput):
+    """``images``: a list of PIL images, a numpy array (batch, height, width, channels) in [0, 1], or a tensor
+    (batch, channels, height, width) in [0, 1], depending on ``output_type``."""
+
+    images: Any
+
+
+def _our_class(name: str) -> type | None:
+    """A public class of this package by name, if it is a model, scheduler or pipeline (the allow-list)."""
+    import torchdiffusion
+    from ..models.modeling import ModelMixin
+
+    if name not in torchdiffusion._LAZY:
+        return None
+    obj = getattr(torchdiffusion, name)
+    base_types: tuple[type, ...] = (ModelMixin, DiffusionPipeline)
+    try:
+        from ..schedulers.scheduling_utils import SchedulerMixin
+
+        base_types += (SchedulerMixin,)
+    except ImportError:  # pragma: no cover - schedulers always ship
+        pass
+    return obj if isinstance(obj, type) and issubclass(obj, base_types) else None
+
+
+def _library_of(module: Any) -> tuple[str | None, str | None]:
+    if module is None:
+        return None, None
+    root = type(module).__module__.split(".")[0]
+    library = "diffusers" if root == "torchdiffusion" else root
+    return library, type(module).__name__
+
+
+class DiffusionPipeline(ConfigMixin):
+    """Base class of all pipelines. Subclasses call ``self.register_modules(name=obj, ...)`` in ``__init__``."""
+
+    config_name = "model_index.json"
+    _optional_components: list[str] = []
+
+    # ---- components ------------------------------------------------------------------------------------
+    def register_modules(self, **modules: Any) -> None:
+        """Attach components as attributes and record ``[library, class_name]`` for ``model_index.json``."""
+        for name, module in modules.items():
+            self.register_to_config(**{name: _library_of(module)})
+            object.__setattr__(self, name, module)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        internal = self.__dict__.get("_internal_dict")
+        if internal is not None and name in internal and isinstance(internal[name], (list, tuple)):
+            self.register_to_config(**{name: _library_of(value)})
+        object.__setattr__(self, name, value)
+
+    @classmethod
+    def _signature(cls) -> tuple[set[str], set[str]]:
+        """(component names, other optional constructor arguments) from ``__init__``'s signature."""
+        params = inspect.signature(cls.__init__).parameters
+        names = {k for k, p in params.items() if k != "self" and p.kind == p.POSITIONAL_OR_KEYWORD}
+        required = {k for k in names if params[k].default is inspect.Parameter.empty}
+        components = required | (set(cls._optional_components) & names)
+        return components, names - components
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The components by name, ready for ``OtherPipeline(**pipe.components)``."""
+        names, _ = self._signature()
+        return {k: getattr(self, k, None) for k in sorted(names)}
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {k: v for k, v in self.components.items() if isinstance(v, torch.nn.Module)}
+
+    # ---- device and dtype ------------------------------------------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> DiffusionPipeline:
+        """Move every model component: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``, ``pipe.to(device, dtype)``."""
+        device = kwargs.pop("device", None)
+        dtype = kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected keyword argument(s): {', '.join(kwargs)}")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif isinstance(arg, (str, torch.device)):
+                device = arg
+            else:
+                raise TypeError(f"to() takes a device and/or a torch.dtype, got {type(arg).__name__}")
+        for module in self._modules().values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for module in self._modules().values():
+            for p in module.parameters():
+                return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for module in self._modules().values():
+            for p in module.parameters():
+                if p.is_floating_point():
+                    return p.dtype
+        return torch.float32
+
+    # ---- progress bar ----------------------------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Options for the tqdm progress bar of every call (e.g. ``disable=True``)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable=None, total: int | None = None):
+        from tqdm.auto import tqdm
+
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        return tqdm(total=total, **config)
+
+    # ---- saving ----------------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``model_index.json`` and every component into its own subfolder."""
+        if kwargs:
+            raise TypeError(f"save_pretrained got unexpected keyword argument(s): {', '.join(kwargs)}")
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub: upload the saved folder with huggingface_hub.upload_folder")
+        self.save_config(save_directory)
+        from ..models.modeling import ModelMixin
+
+        for name, component in self.components.items():
+            if component is None:
+                continue
+            target = os.path.join(save_directory, name)
+            if isinstance(component, ModelMixin):
+                options: dict[str, Any] = {"safe_serialization": safe_serialization, "variant": variant}
+                if max_shard_size is not None:
+                    options["max_shard_size"] = max_shard_size
+                component.save_pretrained(target, **options)
+            elif isinstance(component, torch.nn.Module):  # transformers models
+                component.save_pretrained(target, safe_serialization=safe_serialization)
+            elif hasattr(component, "save_pretrained"):
+                component.save_pretrained(target)
+            else:
+                raise TypeError(f"component {name!r} ({type(component).__name__}) cannot be saved")
+
+    # ---- loading ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPipeline:
+        """Load a pipeline folder (or Hub id) written by Diffusers or torchdiffusion.
+
+        ``DiffusionPipeline.from_pretrained`` builds the class named in ``model_index.json``; a subclass builds
+        itself. Keyword arguments: component overrides (``scheduler=...``, ``safety_checker=None``),
+        ``torch_dtype`` (one dtype or ``{"unet": torch.float16, "default": torch.float32}``), ``variant``,
+        ``use_safetensors``, hub options (``revision``, ``local_files_only``, ``cache_dir``, ``token``).
+        """
+        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        variant = kwargs.pop("variant", None)
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        for ignored in ("low_cpu_mem_usage", "device_map"):
+            kwargs.pop(ignored, None)
+        index = read_json(resolve_file(pretrained_model_name_or_path, cls.config_name, **hub_kwargs))
+
+        pipeline_cls = cls
+        if cls is DiffusionPipeline:
+            name = index.get("_class_name")
+            found = _our_class(name) if isinstance(name, str) else None
+            if found is None or not issubclass(found, DiffusionPipeline):
+                raise ValueError(f"model_index.json names pipeline class {name!r}, which torchdiffusion does not provide")
+            pipeline_cls = found
+        names, extra_args = pipeline_cls._signature()
+        unknown = [k for k in kwargs if k not in names and k not in extra_args]
+        if unknown:
+            raise TypeError(f"{pipeline_cls.__name__}.from_pretrained got unexpected keyword argument(s): {unknown}")
+
+        init: dict[str, Any] = {}
+        for name in sorted(names):
+            if name in kwargs:
+                init[name] = kwargs.pop(name)
+                continue
+            entry = index.get(name)
+            if entry is None or (isinstance(entry, (list, tuple)) and entry[0] is None):
+                if name in pipeline_cls._optional_components:
+                    init[name] = None
+                    continue
+                raise ValueError(f"model_index.json has no component {name!r}, which {pipeline_cls.__name__} needs")
+            dtype = torch_dtype.get(name, torch_dtype.get("default")) if isinstance(torch_dtype, dict) else torch_dtype
+            init[name] = _load_component(
+                pretrained_model_name_or_path, name, entry, dtype, variant, use_safetensors, hub_kwargs
+            )
+        for key in extra_args:
+            if key in kwargs:
+                init[key] = kwargs.pop(key)
+            elif key in index and not isinstance(index[key], (list, tuple)):
+                init[key] = index[key]
+        pipe = pipeline_cls(**init)
+        pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
+        return pipe
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}("]
+        for name, component in self.components.items():
+            desc = "None" if component is None else type(component).__name__
+            if isinstance(component, torch.nn.Module):
+                n = sum(p.numel() for p in component.parameters())
+                desc += f" ({n / 1e6:.2f}M params, {self.dtype}, {self.device})"
+            lines.append(f"  {name}: {desc}")
+        lines.append(")")
+        return "\n".join(lines)
+
+    @staticmethod
+    def numpy_to_pil(images: np.ndarray) -> list:
+        from ..utils.images import numpy_to_pil
+
+        return numpy_to_pil(images)
+
+
+def _load_component(root, name: str, entry, torch_dtype, variant, use_safetensors, hub_kwargs: dict) -> Any:
+    check_plain_name(name, "component name in model_index.json")
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+        raise ValueError(f"model_index.json entry for {name!r} must be [library, class_name], got {entry!r}")
+    library, class_name = entry
+    if library in _OUR_LIBRARIES:
+        component_cls = _our_class(class_name)
+        if component_cls is None:
+            raise ValueError(f"model_index.json component {name!r} names {library}.{class_name}, which is not allowed")
+        from ..models.modeling import ModelMixin
+
+        if issubclass(component_cls, ModelMixin):
+            return component_cls.from_pretrained(
+                root, subfolder=name, torch_dtype=torch_dtype, variant=variant, use_safetensors=use_safetensors,
+                **hub_kwargs,
+            )
+        return component_cls.from_pretrained(root, subfolder=name, **hub_kwargs)
+    if library == "transformers" and class_name in TRANSFORMERS_ALLOWED:
+        import transformers
+
+        component_cls = getattr(transformers, class_name)
+        options: dict[str, Any] = {"subfolder": name}
+        options.update({k: v for k, v in hub_kwargs.items() if v is not None})
+        if issubclass(component_cls, torch.nn.Module):
+            if torch_dtype is not None:
+                options["torch_dtype"] = torch_dtype
+            if use_safetensors is not None:
+                options["use_safetensors"] = use_safetensors
+        return component_cls.from_pretrained(os.fspath(root), **options)
+    raise ValueError(
+        f"model_index.json component {name!r} names {library}.{class_name}; only torchdiffusion classes and "
+        f"transformers {sorted(TRANSFORMERS_ALLOWED)} may be loaded"
+    )

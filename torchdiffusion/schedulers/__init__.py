@@ -1,0 +1,1 @@
+"""Noise schedulers: small adapters over :mod:`torchdiffusion.core` with Diffusers' classes and configs."""

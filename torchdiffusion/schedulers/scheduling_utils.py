@@ -1,0 +1,264 @@
+"""Scheduler base classes: loading/saving, copying per call, and the pieces every adapter shares.
+
+A scheduler is ``class X(SchedulerMixin, ConfigMixin)`` with ``@register_to_config`` on ``__init__``; its config
+is saved as ``scheduler_config.json``. Schedulers indexed by training timestep over an ``alpha_bar`` table (DDPM,
+DDIM, PNDM, LCM, TCD, ...) also mix in :class:`AlphaBarSchedulerMixin`.
+
+**Copying per call.** A scheduler holds per-run state (``timesteps``, step counters, multistep histories), so a
+pipeline must not share one between concurrent calls. ``scheduler.copy()`` is the cheap, correct way: a shallow
+copy whose lists/dicts/sets are copied one level, while the (read-only) schedule tensors are shared. That relies
+on one invariant that every scheduler here keeps: **tensors held by a scheduler are never modified in place**,
+only rebound. ``copy.deepcopy(scheduler)`` also works (it copies the tensors too).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy as _copy
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core import prediction as P
+from ..core.schedules import NoiseSchedule, check_choice
+from ..core.solvers import VARIANCE_TYPES
+from ..core.spacing import TIMESTEP_SPACINGS, check_custom_timesteps, timestep_grid
+from ..utils.outputs import BaseOutput
+
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+
+class KarrasDiffusionSchedulers(Enum):
+    """The schedulers that share Stable-Diffusion-style configs; ``_compatibles`` lists their names."""
+
+    DDIMScheduler = 1
+    DDPMScheduler = 2
+    PNDMScheduler = 3
+    LMSDiscreteScheduler = 4
+    EulerDiscreteScheduler = 5
+    HeunDiscreteScheduler = 6
+    EulerAncestralDiscreteScheduler = 7
+    DPMSolverMultistepScheduler = 8
+    DPMSolverSinglestepScheduler = 9
+    KDPM2DiscreteScheduler = 10
+    KDPM2AncestralDiscreteScheduler = 11
+    DEISMultistepScheduler = 12
+    UniPCMultistepScheduler = 13
+    DPMSolverSDEScheduler = 14
+    EDMEulerScheduler = 15
+
+
+KARRAS_COMPATIBLES: list[str] = [e.name for e in KarrasDiffusionSchedulers]
+
+# Align-Your-Steps grids (Sabour et al. 2024) published for these models, usable as `timesteps=` / `sigmas=`.
+AysSchedules: dict[str, list[float]] = {
+    "StableDiffusionTimesteps": [999, 850, 736, 645, 545, 455, 343, 233, 124, 24],
+    "StableDiffusionSigmas": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.0],
+    "StableDiffusionXLTimesteps": [999, 845, 730, 587, 443, 310, 193, 116, 53, 13],
+    "StableDiffusionXLSigmas": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.0],
+    "StableDiffusionVideoSigmas": [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.0],
+}
+
+
+@dataclass
+class SchedulerOutput(BaseOutput):
+    """Output of ``step``: ``prev_sample`` ``(B, C, ...)``, the input of the next model call."""
+
+    prev_sample: torch.Tensor
+
+
+class SchedulerMixin:
+    """Loading, saving, compatibles and per-call copies for every scheduler."""
+
+    config_name = SCHEDULER_CONFIG_NAME
+    _compatibles: list[str] = []
+    has_compatibles = True
+    order = 1
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ):
+        """Build from ``scheduler_config.json`` in a folder or Hub id (e.g. ``subfolder="scheduler"``).
+
+        Extra ``kwargs`` that are config keys override the saved values (``timestep_spacing="trailing"``).
+        """
+        if pretrained_model_name_or_path is None:
+            raise ValueError("pretrained_model_name_or_path is required: a local folder or a Hub model id")
+        config, unused = cls.load_config(
+            pretrained_model_name_or_path, subfolder=subfolder, return_unused_kwargs=True, **kwargs
+        )
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **unused)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write ``<save_directory>/scheduler_config.json``."""
+        self.save_config(save_directory=save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @property
+    def compatibles(self) -> list[type]:
+        """This class and every class whose config it can be swapped with via ``from_config``."""
+        return [type(self)] + self._compatible_classes()
+
+    def copy(self):
+        """An independent copy for one sampling run (see the module docstring); cheap: tensors are shared."""
+        new = _copy.copy(self)
+        for key, value in vars(self).items():
+            if isinstance(value, (list, dict, set, collections.deque)):
+                new.__dict__[key] = _copy.copy(value)
+        return new
+
+    def __len__(self) -> int:
+        return int(self.config.get("num_train_timesteps", 1000))
+
+
+# ---- argument helpers shared by the adapters -----------------------------------------------------------------
+def timestep_to_int(timestep: Any, name: str = "timestep") -> int:
+    """A scalar timestep (int, integral float, 0-d/1-element tensor) as an int; ``TypeError`` otherwise."""
+    if isinstance(timestep, torch.Tensor):
+        if timestep.numel() != 1:
+            raise ValueError(f"{name} must be a single timestep, got a tensor of shape {tuple(timestep.shape)}")
+        timestep = timestep.item()
+    if isinstance(timestep, (float, np.floating)) and float(timestep).is_integer():
+        timestep = int(timestep)
+    if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer timestep, got {timestep!r}")
+    return int(timestep)
+
+
+def check_config(config) -> None:
+    """Validate the keys common to many schedulers (only those present in ``config``); errors name the key."""
+    for key, allowed in (
+        ("prediction_type", P.PREDICTION_TYPES),
+        ("timestep_spacing", TIMESTEP_SPACINGS),
+        ("variance_type", VARIANCE_TYPES),
+    ):
+        if key in config and config[key] is not None:
+            check_choice(key, config[key], allowed)
+    offset = config.get("steps_offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise ValueError(f"steps_offset must be an int >= 0, got {offset!r}")
+    ratio = config.get("dynamic_thresholding_ratio", 0.995)
+    if not 0 < ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio!r}")
+    for key in ("clip_sample_range", "sample_max_value"):
+        if key in config and not config[key] > 0:
+            raise ValueError(f"{key} must be > 0, got {config[key]!r}")
+
+
+class AlphaBarSchedulerMixin:
+    """Shared pieces of schedulers indexed by integer training timesteps over ``alpha_bar`` (``alphas_cumprod``).
+
+    Gives ``betas``/``alphas``/``alphas_cumprod`` (float32, like Diffusers; float64 in ``self.schedule``),
+    ``init_noise_sigma``, ``scale_model_input``, ``add_noise``, ``get_velocity``, integer grids for
+    ``set_timesteps`` and ``previous_timestep``.
+    """
+
+    def _init_schedule(self) -> None:
+        """Call at the end of ``__init__``: validates the config and builds the noise schedule."""
+        check_config(self.config)
+        self.schedule = NoiseSchedule.from_config(self.config)
+        self.betas, self.alphas, self.alphas_cumprod = self.schedule.betas, self.schedule.alphas, self.schedule.alphas_cumprod
+        self.one = torch.tensor(1.0)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self._set_grid(np.arange(len(self.schedule))[::-1].copy(), None)
+        self._coeff_cache: dict = {}
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """These schedulers feed the sample to the model unscaled."""
+        return sample
+
+    # ---- grids ---------------------------------------------------------------------------------------------
+    def _set_grid(self, timesteps: np.ndarray, device) -> None:
+        self.timesteps = torch.from_numpy(np.asarray(timesteps, dtype=np.int64)).to(device)
+        self._grid = [int(t) for t in timesteps]
+        self._grid_index = {t: i for i, t in enumerate(self._grid)}
+
+    def _set_integer_timesteps(self, num_inference_steps: int | None, device, timesteps) -> None:
+        """``set_timesteps`` for integer grids: exactly one of ``num_inference_steps`` or ``timesteps``."""
+        T = len(self.schedule)
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("pass either num_inference_steps or timesteps, not both")
+        if timesteps is not None:
+            grid = check_custom_timesteps(timesteps, T)
+            self.custom_timesteps = True
+        elif num_inference_steps is None:
+            raise ValueError("set_timesteps needs num_inference_steps (an int >= 1) or timesteps (a descending list)")
+        else:
+            cfg = self.config
+            grid = timestep_grid(num_inference_steps, T, cfg.timestep_spacing, cfg.get("steps_offset", 0))
+            grid = grid.round().astype(np.int64)
+            if grid[0] >= T:
+                raise ValueError(
+                    f"steps_offset={cfg.steps_offset} with num_inference_steps={num_inference_steps} and leading "
+                    f"spacing gives timestep {grid[0]}, past the last training timestep {T - 1}; use fewer steps"
+                )
+            self.custom_timesteps = False
+        self.num_inference_steps = len(grid)
+        self._set_grid(grid, device)
+
+    def _grid_position(self, t: int) -> int | None:
+        return self._grid_index.get(t)
+
+    def previous_timestep(self, timestep: Any) -> int | torch.Tensor:
+        """The timestep after ``timestep`` in the current grid (``-1`` after the last); ``t - 1`` with no grid set."""
+        t = timestep_to_int(timestep)
+        if self.num_inference_steps is None:
+            prev = t - 1
+        else:
+            i = self._grid_position(t)
+            if i is None:
+                raise ValueError(f"timestep={t} is not in the scheduler's timesteps {self._grid}")
+            prev = self._grid[i + 1] if i + 1 < len(self._grid) else -1
+        return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
+
+    def _check_timestep(self, t: int) -> None:
+        if not 0 <= t < len(self.schedule):
+            raise ValueError(f"timestep={t} is outside the training range [0, {len(self.schedule) - 1}]")
+
+    # ---- forward process -----------------------------------------------------------------------------------
+    def _noise_coeffs(self, timesteps: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` for (per-sample) ``timesteps``, on ``like``'s device."""
+        if not isinstance(like, torch.Tensor):
+            raise TypeError(f"samples must be a torch.Tensor, got {type(like).__name__}")
+        t = torch.as_tensor(timesteps)
+        if t.dtype.is_floating_point:
+            if not torch.equal(t, t.round()):
+                raise ValueError(f"timesteps must be integers for {type(self).__name__}, got {t.tolist()}")
+            t = t.long()
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"timesteps must be integers, got dtype {t.dtype}")
+        if t.numel() not in (1, like.shape[0]):
+            raise ValueError(f"timesteps has {t.numel()} entries but the batch has {like.shape[0]} samples")
+        device = like.device
+        if device not in self._coeff_cache:  # float64 maths, stored float32 (MPS has no float64)
+            ab = self.schedule.alphas_cumprod64
+            self._coeff_cache[device] = (ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device))
+        a, s = self._coeff_cache[device]
+        t = t.to(device)
+        if t.device.type == "cpu" and ((t < 0).any() or (t >= len(self.schedule)).any()):
+            raise ValueError(f"timesteps must lie in [0, {len(self.schedule) - 1}], got {t.tolist()}")
+        return a[t], s[t]
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """Forward process ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps``; ``timesteps`` scalar or ``(B,)``."""
+        if not isinstance(noise, torch.Tensor) or noise.shape != original_samples.shape:
+            raise ValueError(f"noise must be a tensor shaped like original_samples {tuple(original_samples.shape)}")
+        a, s = self._noise_coeffs(timesteps, original_samples)
+        return P.add_noise(original_samples, noise, a, s)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The ``v_prediction`` target ``sqrt(ab_t) eps - sqrt(1 - ab_t) x0`` (``sample`` is ``x0``)."""
+        if not isinstance(noise, torch.Tensor) or noise.shape != sample.shape:
+            raise ValueError(f"noise must be a tensor shaped like sample {tuple(sample.shape)}")
+        a, s = self._noise_coeffs(timesteps, sample)
+        return P.get_velocity(sample, noise, a, s)
