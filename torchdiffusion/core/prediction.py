@@ -83,7 +83,9 @@ def threshold_sample(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 
 def process_x0(x0: torch.Tensor, config) -> torch.Tensor:
     """Apply a scheduler config's ``thresholding`` (wins) or ``clip_sample`` (to ``±clip_sample_range``) to ``x0``."""
     if config.get("thresholding", False):
-        return threshold_sample(x0, config.get("dynamic_thresholding_ratio", 0.995), config.get("sample_max_value", 1.0))
+        return threshold_sample(
+            x0, config.get("dynamic_thresholding_ratio", 0.995), config.get("sample_max_value", 1.0)
+        )
     if config.get("clip_sample", False):
         r = config.get("clip_sample_range", 1.0)
         return x0.clamp(-r, r)
@@ -93,12 +95,14 @@ def process_x0(x0: torch.Tensor, config) -> torch.Tensor:
 def add_noise(
     original_samples: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor, sigma_t: torch.Tensor
 ) -> torch.Tensor:
-    """Forward process ``x_t = alpha_t x0 + sigma_t eps``; ``alpha_t``/``sigma_t`` are scalars or per sample ``(B,)``."""
+    """Forward process ``x_t = alpha_t x0 + sigma_t eps``; ``alpha_t``, ``sigma_t``: scalars or per sample ``(B,)``."""
     x = original_samples
     return expand_as(alpha_t, x) * x + expand_as(sigma_t, x) * noise.to(x.device)
 
 
-def get_velocity(sample: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor, sigma_t: torch.Tensor) -> torch.Tensor:
+def get_velocity(
+    sample: torch.Tensor, noise: torch.Tensor, alpha_t: torch.Tensor, sigma_t: torch.Tensor
+) -> torch.Tensor:
     """The ``v_prediction`` training target ``v = alpha_t eps - sigma_t x0`` (``sample`` is ``x0``)."""
     return expand_as(alpha_t, sample) * noise.to(sample.device) - expand_as(sigma_t, sample) * sample
 

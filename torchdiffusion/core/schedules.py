@@ -30,6 +30,7 @@ def _alpha_bar_fn(kind: str):
     if kind == "exp":
         return lambda t: math.exp(-12.0 * t)
     if kind == "laplace":  # log-SNR follows a Laplace distribution (Hang et al. 2024)
+
         def laplace(t: float) -> float:
             lmb = -0.5 * math.copysign(1.0, 0.5 - t) * math.log(1 - 2 * abs(0.5 - t) + 1e-6)
             snr = math.exp(lmb)

@@ -22,9 +22,7 @@ VARIANCE_TYPES: tuple[str, ...] = (
 
 
 # ---- DDPM (Ho et al. 2020) ---------------------------------------------------------------------------------
-def ddpm_posterior_mean(
-    x0: torch.Tensor, sample: torch.Tensor, ab_t: float, ab_s: float
-) -> torch.Tensor:
+def ddpm_posterior_mean(x0: torch.Tensor, sample: torch.Tensor, ab_t: float, ab_s: float) -> torch.Tensor:
     """Mean of ``q(x_s | x_t, x0)`` (eq. 7), for any earlier step ``s < t`` (so strided grids work):
 
     ``mu = sqrt(ab_s) beta / (1 - ab_t) x0 + sqrt(alpha) (1 - ab_s) / (1 - ab_t) x_t`` with

@@ -63,7 +63,9 @@ def timestep_grid(
     )
 
 
-def check_custom_timesteps(timesteps: Sequence[int] | np.ndarray | torch.Tensor, num_train_timesteps: int) -> np.ndarray:
+def check_custom_timesteps(
+    timesteps: Sequence[int] | np.ndarray | torch.Tensor, num_train_timesteps: int
+) -> np.ndarray:
     """Validate user-given ``timesteps``: non-empty, integers, strictly descending, in ``[0, num_train_timesteps)``.
 
     Returns them as an int64 array.
@@ -73,13 +75,17 @@ def check_custom_timesteps(timesteps: Sequence[int] | np.ndarray | torch.Tensor,
     arr = np.asarray(timesteps)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D list of ints, got {timesteps!r}")
-    if not (np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and (arr == arr.round()).all())):
+    if not (
+        np.issubdtype(arr.dtype, np.integer) or (np.issubdtype(arr.dtype, np.floating) and (arr == arr.round()).all())
+    ):
         raise ValueError(f"timesteps must hold integers, got {arr.tolist()!r}")
     arr = arr.astype(np.int64)
     if (np.diff(arr) >= 0).any():
         raise ValueError(f"timesteps must be strictly descending, got {arr.tolist()!r}")
     if arr[0] >= num_train_timesteps or arr[-1] < 0:
-        raise ValueError(f"timesteps must lie in [0, {num_train_timesteps - 1}] (num_train_timesteps), got {arr.tolist()!r}")
+        raise ValueError(
+            f"timesteps must lie in [0, {num_train_timesteps - 1}] (num_train_timesteps), got {arr.tolist()!r}"
+        )
     return arr
 
 
@@ -89,7 +95,9 @@ def check_custom_sigmas(sigmas: Sequence[float] | np.ndarray | torch.Tensor) -> 
         sigmas = sigmas.detach().cpu().double().numpy()
     arr = np.asarray(sigmas, dtype=np.float64)
     if arr.ndim != 1 or arr.size < 2:
-        raise ValueError(f"sigmas must be a 1-D list of at least 2 noise levels (the last is usually 0), got {sigmas!r}")
+        raise ValueError(
+            f"sigmas must be a 1-D list of at least 2 noise levels (the last is usually 0), got {sigmas!r}"
+        )
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise ValueError(f"sigmas must be finite and >= 0, got {arr.tolist()!r}")
     if (np.diff(arr) > 0).any():
@@ -132,7 +140,9 @@ def sigma_grid_kind(config) -> str | None:
     on = [k for k in SIGMA_GRIDS if config.get(f"use_{k}_sigmas", False)]
     if len(on) > 1:
         names = ", ".join(f"use_{k}_sigmas" for k in on)
-        raise ValueError(f"only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be True; got {names}")
+        raise ValueError(
+            f"only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas may be True; got {names}"
+        )
     return on[0] if on else None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,8 +208,14 @@ class DiffusionPipeline(ConfigMixin):
             pipeline_cls = found
         names, extra_args = pipeline_cls._signature()
         unknown = [k for k in kwargs if k not in names and k not in extra_args]
-        if unknown:
-            raise TypeError(f"{pipeline_cls.__name__}.from_pretrained got unexpected keyword argument(s): {unknown}")
+        if unknown:  # Diffusers ignores these with a warning; tutorials rely on that, so we do the same
+            warnings.warn(
+                f"{pipeline_cls.__name__}.from_pretrained ignores keyword argument(s) it does not take: {unknown}; "
+                f"components are {sorted(names)}",
+                stacklevel=2,
+            )
+            for k in unknown:
+                kwargs.pop(k)
 
         init: dict[str, Any] = {}
         for name in sorted(names):

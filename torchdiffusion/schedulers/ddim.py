@@ -110,7 +110,9 @@ class DDIMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         # 3. DDIM update with sigma_t(eta) noise
         std = S.ddim_std(ab_t, ab_s, eta)
         if eta > 0 and variance_noise is None:
-            variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+            variance_noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
         prev = S.ddim_step(x0, eps, ab_s, std, variance_noise if eta > 0 else None)
         if not return_dict:
             return prev, x0

@@ -93,7 +93,9 @@ class DDPMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         # 4. add noise, except on the final step
         if t > 0 and s >= 0:
             std = S.ddpm_std(self.variance_type, ab_t, ab_s, predicted_variance)
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
             prev = prev + std * noise
         if not return_dict:
             return prev, x0

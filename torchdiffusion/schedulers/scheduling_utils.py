@@ -165,7 +165,11 @@ class AlphaBarSchedulerMixin:
         """Call at the end of ``__init__``: validates the config and builds the noise schedule."""
         check_config(self.config)
         self.schedule = NoiseSchedule.from_config(self.config)
-        self.betas, self.alphas, self.alphas_cumprod = self.schedule.betas, self.schedule.alphas, self.schedule.alphas_cumprod
+        self.betas, self.alphas, self.alphas_cumprod = (
+            self.schedule.betas,
+            self.schedule.alphas,
+            self.schedule.alphas_cumprod,
+        )
         self.one = torch.tensor(1.0)
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
