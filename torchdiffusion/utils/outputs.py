@@ -24,7 +24,7 @@ class BaseOutput(OrderedDict):
         return self.to_tuple()[key]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.keys() and value is not None:
+        if value is not None and (name in self.keys() or name in {f.name for f in fields(self)}):
             super().__setitem__(name, value)
         super().__setattr__(name, value)
 
