@@ -9,10 +9,10 @@ import argparse
 import statistics
 import time
 
+import diffusers
 import numpy as np
 import torch
 
-import diffusers
 import torchdiffusion as td
 
 CONFIG = dict(

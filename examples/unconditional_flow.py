@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. pipeline
     image_pipe = DDPMPipeline(unet=model, scheduler=noise_scheduler)
     image_pipe.set_progress_bar_config(disable=True)
-    images = image_pipe(batch_size=4, num_inference_steps=args.inference_steps, generator=torch.Generator().manual_seed(0)).images
+    generator = torch.Generator().manual_seed(0)
+    images = image_pipe(batch_size=4, num_inference_steps=args.inference_steps, generator=generator).images
 
     # 3. save, 4. reload
     image_pipe.save_pretrained(args.out)

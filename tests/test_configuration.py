@@ -38,7 +38,7 @@ def test_frozen_dict_is_read_only():
     with pytest.raises(TypeError):
         s.config.clip = False
     with pytest.raises(AttributeError, match="nope"):
-        s.config.nope
+        s.config.nope  # noqa: B018
     assert isinstance(s.config, FrozenDict)
 
 
@@ -94,4 +94,4 @@ def test_model_config_attribute_access():
     m = TinyModel(width=3)
     assert m.width == 3 and m.config.depth == 2
     with pytest.raises(AttributeError):
-        m.not_a_thing
+        m.not_a_thing  # noqa: B018

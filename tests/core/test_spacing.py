@@ -47,9 +47,7 @@ def test_unknown_spacing():
         timestep_grid(10, 1000, "random")
 
 
-@pytest.mark.parametrize(
-    "timesteps", [[], [1, 5], [5, 5, 1], [1000, 3], [5, -1], [[5, 3]], [5.5, 1.0]]
-)
+@pytest.mark.parametrize("timesteps", [[], [1, 5], [5, 5, 1], [1000, 3], [5, -1], [[5, 3]], [5.5, 1.0]])
 def test_bad_custom_timesteps(timesteps):
     with pytest.raises(ValueError, match="timesteps"):
         check_custom_timesteps(timesteps, 1000)

@@ -74,7 +74,9 @@ def test_off_grid_timestep_uses_fixed_stride():
 
 def test_zero_snr_v_and_epsilon():
     for pt in ("v_prediction", "epsilon"):
-        s = DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type=pt, clip_sample=False)
+        s = DDIMScheduler(
+            rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type=pt, clip_sample=False
+        )
         s.set_timesteps(5)
         assert s.alphas_cumprod[-1] == 0
         assert torch.isfinite(run(s, torch.randn(1, 1, 4, 4))).all()

@@ -76,7 +76,7 @@ class ModelMixin(nn.Module):
     # ---- loading and saving (implemented in weights.py / hub.py) -----------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        """Load a model folder written by Diffusers or torchdiffusion (see :func:`torchdiffusion.weights.load_model`)."""
+        """Load a model folder written by Diffusers or torchdiffusion (see ``weights.load_model``)."""
         from ..weights import load_model
 
         return load_model(cls, pretrained_model_name_or_path, **kwargs)

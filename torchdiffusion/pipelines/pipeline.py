@@ -41,6 +41,7 @@ class ImagePipelineOutput(BaseOutput):
 def _our_class(name: str) -> type | None:
     """A public class of this package by name, if it is a model, scheduler or pipeline (the allow-list)."""
     import torchdiffusion
+
     from ..models.modeling import ModelMixin
 
     if name not in torchdiffusion._LAZY:
@@ -204,7 +205,7 @@ class DiffusionPipeline(ConfigMixin):
             name = index.get("_class_name")
             found = _our_class(name) if isinstance(name, str) else None
             if found is None or not issubclass(found, DiffusionPipeline):
-                raise ValueError(f"model_index.json names pipeline class {name!r}, which torchdiffusion does not provide")
+                raise ValueError(f"model_index.json names pipeline class {name!r}, which is not a torchdiffusion pipeline")
             pipeline_cls = found
         names, extra_args = pipeline_cls._signature()
         unknown = [k for k in kwargs if k not in names and k not in extra_args]
