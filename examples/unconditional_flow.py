@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = digits_tensor(args.image_size)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True)
     n = len(args.channels)
+    groups = min(32, min(args.channels))
     model = UNet2DModel(
         sample_size=args.image_size,
         in_channels=1,
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         block_out_channels=tuple(args.channels),
         down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1),
         up_block_types=("AttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        norm_num_groups=groups,
     )
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)

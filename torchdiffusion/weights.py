@@ -157,8 +157,14 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 # ---- the loader ModelMixin.from_pretrained uses ------------------------------------------------------------
 
 _LOAD_OPTIONS = {
-    "subfolder", "variant", "torch_dtype", "use_safetensors", "low_cpu_mem_usage", "ignore_mismatched_sizes",
-    "output_loading_info", "device_map",
+    "subfolder",
+    "variant",
+    "torch_dtype",
+    "use_safetensors",
+    "low_cpu_mem_usage",
+    "ignore_mismatched_sizes",
+    "output_loading_info",
+    "device_map",
 }
 
 
@@ -219,8 +225,17 @@ def parse_size(size: int | str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", size.upper())
     if not m:
         raise ValueError(f"max_shard_size={size!r} is not a size like '10GB' or '500MB'")
-    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    units = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     value = int(float(m.group(1)) * units[m.group(2) or "B"])
     if value <= 0:
         raise ValueError(f"max_shard_size must be positive, got {size!r}")
@@ -256,9 +271,11 @@ def save_model(
     state = _unshared(model.state_dict())
     shards = _split(state, limit)
     stem = weights_name(ext, variant)[: -len(ext) - 1]
-    names = [f"{stem}.{ext}"] if len(shards) == 1 else [
-        f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))
-    ]
+    names = (
+        [f"{stem}.{ext}"]
+        if len(shards) == 1
+        else [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
+    )
     _remove_stale(save_directory, stem, ext, keep=set(names))
     for name, keys in zip(names, shards):
         part = {k: state[k] for k in keys}
@@ -311,6 +328,6 @@ def _remove_stale(folder, stem: str, ext: str, keep: set[str]) -> None:
     for name in os.listdir(folder):
         if name in keep or not name.endswith("." + ext) or not name.startswith(stem):
             continue
-        rest = name[len(stem): -len(ext) - 1]
+        rest = name[len(stem) : -len(ext) - 1]
         if rest == "" or _SHARD_SUFFIX.fullmatch(rest):
             os.remove(os.path.join(folder, name))

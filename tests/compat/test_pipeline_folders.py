@@ -10,25 +10,42 @@ diffusers = pytest.importorskip("diffusers")
 
 UNET_CONFIGS = {
     "butterflies": dict(  # seed 001/003, narrowed
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(8, 16, 16, 32),
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
+        block_out_channels=(8, 16, 16, 32),
         norm_num_groups=4,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     ),
     "mnist": dict(  # seed 002, narrowed
-        sample_size=12, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=(8, 16, 16),
+        sample_size=12,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=2,
+        block_out_channels=(8, 16, 16),
         norm_num_groups=4,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     ),
     "class_scale_shift": dict(
-        sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1, num_class_embeds=5,
+        sample_size=8,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        num_class_embeds=5,
         resnet_time_scale_shift="scale_shift",
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     ),
     "fourier": dict(
-        sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1,
-        time_embedding_type="fourier", flip_sin_to_cos=False,
+        sample_size=8,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        time_embedding_type="fourier",
+        flip_sin_to_cos=False,
         down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"),
         up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"),
     ),
@@ -45,8 +62,9 @@ def _inputs(config, batch=2):
 
 
 @pytest.mark.parametrize("name", sorted(UNET_CONFIGS))
-@pytest.mark.parametrize("save_kwargs", [{}, {"max_shard_size": "20KB"}, {"variant": "fp16"}],
-                         ids=["single", "sharded", "fp16"])
+@pytest.mark.parametrize(
+    "save_kwargs", [{}, {"max_shard_size": "20KB"}, {"variant": "fp16"}], ids=["single", "sharded", "fp16"]
+)
 def test_unet_folders_both_ways(tmp_path, name, save_kwargs):
     config = UNET_CONFIGS[name]
     torch.manual_seed(0)
@@ -107,8 +125,15 @@ def test_pipeline_folders_load_in_both_with_same_images(tmp_path, writer, pipeli
     out = []
     for p in (a, b):
         kwargs = {"eta": 0.0} if pipeline == "DDIMPipeline" else {}
-        out.append(p(batch_size=2, num_inference_steps=10, generator=torch.Generator().manual_seed(3),
-                     output_type="np", **kwargs).images)
+        out.append(
+            p(
+                batch_size=2,
+                num_inference_steps=10,
+                generator=torch.Generator().manual_seed(3),
+                output_type="np",
+                **kwargs,
+            ).images
+        )
     np.testing.assert_allclose(out[1], out[0], atol=1e-4)
 
 

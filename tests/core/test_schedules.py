@@ -27,7 +27,7 @@ def test_linear_and_scaled_linear_endpoints():
     assert make_betas(10, 0.1, 0.2, "linear")[[0, -1]].tolist() == pytest.approx([0.1, 0.2])
     b = make_betas(10, 0.01, 0.04, "scaled_linear")
     assert b[[0, -1]].tolist() == pytest.approx([0.01, 0.04])
-    assert b.sqrt().diff().std() < 1e-12  # linear in sqrt(beta)
+    assert b.sqrt().diff().std() < 1e-8  # linear in sqrt(beta) (up to float32 rounding)
 
 
 def test_cosine_matches_its_definition():

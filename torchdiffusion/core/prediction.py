@@ -124,3 +124,53 @@ def check_same_shape(model_output: torch.Tensor, sample: torch.Tensor, channels_
         raise ValueError(
             f"model_output shape {tuple(model_output.shape)} does not match sample shape {tuple(sample.shape)}"
         )
+
+
+# ---- variance-exploding (k-diffusion) form: x = x0 + sigma eps, model fed x / sqrt(1 + sigma^2) ---------------
+def x0_from_ve(
+    model_output: torch.Tensor, sample: torch.Tensor, sigma: Coeff, prediction_type: str, sigma_v: Coeff | None = None
+) -> torch.Tensor:
+    """``x0`` from a model output when ``sample = x0 + sigma eps`` (the VP model saw ``sample / sqrt(1+sigma^2)``).
+
+    ``epsilon``: ``x - sigma eps``; ``v_prediction``: ``x / (1+s^2) - s v / sqrt(1+s^2)`` with ``s = sigma_v``
+    (defaults to ``sigma``); ``sample``: the output itself.
+    """
+    if prediction_type == "epsilon":
+        return sample - sigma * model_output
+    if prediction_type == "v_prediction":
+        s = sigma if sigma_v is None else sigma_v
+        return model_output * (-s / (s**2 + 1) ** 0.5) + sample / (s**2 + 1)
+    if prediction_type == "sample":
+        return model_output
+    raise ValueError(
+        f"prediction_type={prediction_type!r} is not supported; choose one of {', '.join(map(repr, PREDICTION_TYPES))}"
+    )
+
+
+# ---- EDM preconditioning (Karras et al. 2022, table 1) -------------------------------------------------------
+def edm_c_in(sigma: Coeff, sigma_data: float = 0.5) -> Coeff:
+    """Input scaling ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)``."""
+    return 1 / (sigma**2 + sigma_data**2) ** 0.5
+
+
+def edm_c_noise(sigma: torch.Tensor) -> torch.Tensor:
+    """Noise conditioning ``c_noise = log(sigma) / 4`` (the "timestep" an EDM model is given)."""
+    return 0.25 * torch.log(sigma)
+
+
+def edm_denoise(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    sigma: Coeff,
+    sigma_data: float = 0.5,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """``D(x) = c_skip x + c_out F(x)`` with ``c_skip = sd^2 / (s^2 + sd^2)``, ``c_out = ±s sd / sqrt(s^2 + sd^2)``
+    (negative for ``v_prediction``)."""
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"prediction_type={prediction_type!r} is not supported here; choose 'epsilon' or 'v_prediction'"
+        )
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
+    return c_skip * sample + (c_out if prediction_type == "epsilon" else -c_out) * model_output

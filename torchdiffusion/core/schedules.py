@@ -113,8 +113,12 @@ def make_betas(
             betas = torch.sigmoid(torch.linspace(-6, 6, n, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
         else:  # exp, laplace
             betas = betas_for_alpha_bar(n, alpha_transform_type=beta_schedule)
+    # Betas are rounded to float32, the precision Diffusers stores them in and models were trained with: this
+    # matters near beta = 1 (cosine, zero SNR), where 1 - beta keeps only a few float32 digits. Everything
+    # computed from them (alpha_bar, sigmas) stays in float64.
+    betas = betas.float().double()
     if rescale_betas_zero_snr:
-        betas = rescale_zero_terminal_snr(betas)
+        betas = rescale_zero_terminal_snr(betas).float().double()
     return betas
 
 
@@ -130,19 +134,24 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseSchedule:
-    """A training noise schedule, computed once in float64.
+    """A training noise schedule: the ``alpha_bar`` table models were trained against, plus float64 views.
 
-    Attributes (all shape ``(T,)``): ``betas64``, ``alphas_cumprod64`` (float64, for the solver maths) and the
-    float32 ``betas``, ``alphas``, ``alphas_cumprod`` that Diffusers exposes (users index them in training loops,
-    and float32 avoids silently promoting their tensors to float64).
+    The table is built the way Diffusers builds it during training (float32 betas, float32 cumulative product),
+    because those rounded values *are* the noise levels a Diffusers-trained model learned: ``1 - alpha_bar`` at
+    small t keeps only a few float32 digits, and recomputing it more precisely would move the noise levels the
+    model expects (by up to 1e-3 relative). Everything derived from the table (coefficients, sigmas) is computed
+    in float64 from these values.
+
+    Attributes (all shape ``(T,)``): ``betas``, ``alphas``, ``alphas_cumprod`` (float32, as Diffusers exposes them;
+    float32 also avoids silently promoting users' tensors to float64) and ``betas64``, ``alphas_cumprod64``.
     """
 
     def __init__(self, betas64: torch.Tensor) -> None:
-        self.betas64 = betas64.to(torch.float64)
-        self.alphas_cumprod64 = alphas_cumprod_from_betas(self.betas64)
-        self.betas = self.betas64.float()
-        self.alphas = (1.0 - self.betas64).float()
-        self.alphas_cumprod = self.alphas_cumprod64.float()
+        self.betas = betas64.float()
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.betas64 = self.betas.double()
+        self.alphas_cumprod64 = self.alphas_cumprod.double()
 
     @classmethod
     def from_config(cls, config) -> NoiseSchedule:

@@ -159,3 +159,144 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     lo_v, hi_v = log_sigmas[low], log_sigmas[low + 1]
     w = np.clip((lo_v - log_sigma) / (lo_v - hi_v), 0, 1)
     return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
+
+
+def convert_sigmas(
+    kind: str, sigmas: np.ndarray, n: int, sigma_min: float | None = None, sigma_max: float | None = None
+):
+    """Re-space a descending sigma grid with the ``kind`` grid (``karras``/``exponential``/``beta``) between
+    ``sigma_min``/``sigma_max`` (default: the grid's own ends). Returns ``(n,)`` float64."""
+    lo = float(sigmas[-1]) if sigma_min is None else float(sigma_min)
+    hi = float(sigmas[0]) if sigma_max is None else float(sigma_max)
+    return SIGMA_GRIDS[kind](lo, hi, n)
+
+
+def discrete_sigma_schedule(
+    train_sigmas: np.ndarray,
+    config,
+    num_inference_steps: int | None = None,
+    timesteps=None,
+    sigmas=None,
+    round_karras_timesteps: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Timesteps ``(n,)`` and noise levels ``(n + 1,)`` (the last is the final level) for k-diffusion style samplers
+    over a discrete training schedule whose noise levels ``train_sigmas`` ``(T,)`` increase with t.
+
+    Exactly one of ``num_inference_steps`` (grid by ``config.timestep_spacing``, re-spaced when a
+    ``use_*_sigmas`` flag is set), ``timesteps`` (descending, in ``[0, T-1]``, may be fractional) or ``sigmas``
+    (descending noise levels including the final one) must be given. Config keys read: ``timestep_spacing``,
+    ``steps_offset``, ``use_{karras,exponential,beta}_sigmas``, ``sigma_min``, ``sigma_max``,
+    ``interpolation_type``, ``final_sigmas_type``.
+    """
+    T = len(train_sigmas)
+    given = [
+        name
+        for name, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps), ("sigmas", sigmas))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(f"pass exactly one of num_inference_steps, timesteps or sigmas; got {given or 'none'}")
+    kind = sigma_grid_kind(config)
+    log_train = np.log(train_sigmas)
+    if sigmas is not None:
+        s = check_custom_sigmas(sigmas)
+        return sigma_to_t(s[:-1], log_train), s
+    if timesteps is not None:
+        if kind is not None:
+            raise ValueError(f"timesteps cannot be combined with use_{kind}_sigmas=True; pass sigmas= instead")
+        ts = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
+        if ts.ndim != 1 or ts.size == 0 or (np.diff(ts) >= 0).any() or ts[0] > T - 1 or ts[-1] < 0:
+            raise ValueError(
+                f"timesteps must be a non-empty, strictly descending list in [0, {T - 1}], got {ts.tolist()}"
+            )
+        n = len(ts)
+    else:
+        n = check_num_inference_steps(num_inference_steps, T)
+        ts = timestep_grid(n, T, config.get("timestep_spacing", "linspace"), config.get("steps_offset", 0))
+        ts = ts.astype(np.float32).astype(np.float64)
+    s = np.interp(ts, np.arange(T), train_sigmas)
+    if config.get("interpolation_type", "linear") == "log_linear":
+        s = np.exp(np.linspace(log_train[-1], log_train[0], n + 1))
+    if kind is not None and timesteps is None:
+        s = convert_sigmas(kind, s, n, config.get("sigma_min"), config.get("sigma_max"))
+        ts = sigma_to_t(s, log_train)
+        if round_karras_timesteps and kind == "karras":
+            ts = ts.round()
+    final = train_sigmas[0] if config.get("final_sigmas_type", "zero") == "sigma_min" else 0.0
+    return ts, np.concatenate([s, [final]])
+
+
+# ---- flow matching (Esser et al. 2024) ---------------------------------------------------------------------------
+def flow_shift(sigmas: np.ndarray, shift: float) -> np.ndarray:
+    """Resolution shift of SD3 (eq. 23): ``shift s / (1 + (shift - 1) s)``; ``shift = 1`` is the identity."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def time_shift(mu: float, sigmas: np.ndarray, kind: str = "exponential", power: float = 1.0) -> np.ndarray:
+    """Dynamic shift by ``mu`` (Flux): ``e^mu / (e^mu + (1/s - 1)^power)`` or, ``linear``, ``mu / (mu + ...)``."""
+    base = math.exp(mu) if kind == "exponential" else mu
+    return base / (base + (1 / sigmas - 1) ** power)
+
+
+def stretch_to_terminal(sigmas: np.ndarray, shift_terminal: float) -> np.ndarray:
+    """Rescale ``1 - s`` so the last noise level becomes exactly ``shift_terminal``."""
+    one_minus = 1 - sigmas
+    return 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
+
+
+def calculate_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """``mu`` for dynamic shifting: linear in the number of image tokens between (base, base_shift) and
+    (max, max_shift), as Flux/SD3 pipelines compute it."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def distilled_timesteps(num_train_timesteps: int, original_steps: int | None, strength: float = 1.0) -> np.ndarray:
+    """Ascending timesteps a consistency model was distilled on: every ``T // original_steps``-th step ending
+    at ``k - 1`` (LCM), or every step when ``original_steps`` is None (TCD); the first ``strength`` share of them."""
+    if original_steps is None:
+        return np.arange(0, int(num_train_timesteps * strength))
+    k = num_train_timesteps // original_steps
+    return np.arange(1, int(original_steps * strength) + 1) * k - 1
+
+
+def subsample_descending(origin: np.ndarray, n: int) -> np.ndarray:
+    """``n`` roughly evenly spaced entries of ``origin`` (ascending), returned noisiest first."""
+    rev = origin[::-1].copy()
+    return rev[np.floor(np.linspace(0, len(rev), num=n, endpoint=False)).astype(np.int64)]
+
+
+def flow_match_sigmas(
+    config, num_inference_steps=None, sigmas=None, timesteps=None, mu=None, shift=1.0, sigma_range=(0.001, 1.0)
+) -> np.ndarray:
+    """Flow-matching noise levels ``(n,)`` in (0, 1], noisiest first (no final level), as Diffusers builds them:
+    an even grid over ``sigma_range`` (or custom ``sigmas`` / ``timesteps / T``), then the static ``shift`` or the
+    dynamic shift by ``mu``, ``shift_terminal`` stretching and an optional Karras/exponential/beta re-spacing.
+    """
+    T = config.num_train_timesteps
+    custom = [np.asarray(v, dtype=np.float64) for v in (sigmas, timesteps) if v is not None]
+    if num_inference_steps is None and not custom:
+        raise ValueError("pass num_inference_steps, sigmas or timesteps")
+    n = check_num_inference_steps(num_inference_steps if num_inference_steps is not None else len(custom[0]))
+    if any(c.ndim != 1 or len(c) != n for c in custom):
+        raise ValueError(f"sigmas and timesteps must be 1-D with num_inference_steps={n} entries")
+    if sigmas is not None:
+        s = custom[0]
+        if not np.isfinite(s).all() or (s <= 0).any() or (s > 1).any():
+            raise ValueError(f"sigmas must lie in (0, 1] for flow matching, got {s.tolist()}")
+    elif timesteps is not None:
+        s = custom[0] / T
+    else:
+        lo, hi = sigma_range
+        s = np.linspace(hi * T, lo * T, n) / T
+    s = time_shift(mu, s, config.time_shift_type) if config.use_dynamic_shifting else flow_shift(s, shift)
+    if config.shift_terminal:
+        s = stretch_to_terminal(s, config.shift_terminal)
+    kind = sigma_grid_kind(config)
+    return s if kind is None else convert_sigmas(kind, s, n)

@@ -33,6 +33,11 @@ class DDIMPipeline(DDPMPipeline):
         """Generate ``batch_size`` images in ``num_inference_steps`` DDIM steps (``eta=0``: deterministic)."""
         check_finite_number(eta, "eta", minimum=0.0)
         return self._run(
-            batch_size, generator, num_inference_steps, output_type, return_dict,
-            eta=eta, use_clipped_model_output=use_clipped_model_output,
+            batch_size,
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            eta=eta,
+            use_clipped_model_output=use_clipped_model_output,
         )

@@ -20,8 +20,12 @@ AfterStep = Callable[[torch.Tensor, int, torch.Tensor, dict], torch.Tensor]
 
 
 def fresh_scheduler(scheduler: Any) -> Any:
-    """A private copy of ``scheduler`` for one call (its step counters and timesteps are per call)."""
-    return copy.deepcopy(scheduler)
+    """A private copy of ``scheduler`` for one call (its step counters and timesteps are per call).
+
+    Our schedulers' ``copy()`` shares their read-only schedule tensors; anything else is deep-copied.
+    """
+    cheap = getattr(scheduler, "copy", None)
+    return cheap() if callable(cheap) else copy.deepcopy(scheduler)
 
 
 def step_kwargs(scheduler: Any, **candidates: Any) -> dict[str, Any]:
@@ -105,9 +109,7 @@ def denoise(
     if callback_on_step_end is not None:
         missing = [k for k in callback_on_step_end_tensor_inputs if k not in state]
         if missing:
-            raise ValueError(
-                f"callback_on_step_end_tensor_inputs names {missing}; allowed: {sorted(state)}"
-            )
+            raise ValueError(f"callback_on_step_end_tensor_inputs names {missing}; allowed: {sorted(state)}")
     with pipe.progress_bar(total=len(timesteps)) as bar:
         for i, t in enumerate(timesteps):
             if getattr(pipe, "_interrupt", False):

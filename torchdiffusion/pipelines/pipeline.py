@@ -22,11 +22,21 @@ from ..hub import HUB_KWARGS, check_plain_name, resolve_file
 from ..utils.outputs import BaseOutput
 
 # transformers classes a pipeline folder may name (text encoders, tokenizers, image processors).
-TRANSFORMERS_ALLOWED = frozenset({
-    "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "CLIPTokenizerFast",
-    "CLIPVisionModelWithProjection", "CLIPImageProcessor", "CLIPImageProcessorFast", "CLIPFeatureExtractor",
-    "T5EncoderModel", "T5Tokenizer", "T5TokenizerFast",
-})
+TRANSFORMERS_ALLOWED = frozenset(
+    {
+        "CLIPTextModel",
+        "CLIPTextModelWithProjection",
+        "CLIPTokenizer",
+        "CLIPTokenizerFast",
+        "CLIPVisionModelWithProjection",
+        "CLIPImageProcessor",
+        "CLIPImageProcessorFast",
+        "CLIPFeatureExtractor",
+        "T5EncoderModel",
+        "T5Tokenizer",
+        "T5TokenizerFast",
+    }
+)
 _OUR_LIBRARIES = ("diffusers", "torchdiffusion")
 
 
@@ -205,7 +215,7 @@ class DiffusionPipeline(ConfigMixin):
             name = index.get("_class_name")
             found = _our_class(name) if isinstance(name, str) else None
             if found is None or not issubclass(found, DiffusionPipeline):
-                raise ValueError(f"model_index.json names pipeline class {name!r}, which is not a torchdiffusion pipeline")
+                raise ValueError(f"model_index.json names pipeline class {name!r}: not a torchdiffusion pipeline")
             pipeline_cls = found
         names, extra_args = pipeline_cls._signature()
         unknown = [k for k in kwargs if k not in names and k not in extra_args]
@@ -273,7 +283,11 @@ def _load_component(root, name: str, entry, torch_dtype, variant, use_safetensor
 
         if issubclass(component_cls, ModelMixin):
             return component_cls.from_pretrained(
-                root, subfolder=name, torch_dtype=torch_dtype, variant=variant, use_safetensors=use_safetensors,
+                root,
+                subfolder=name,
+                torch_dtype=torch_dtype,
+                variant=variant,
+                use_safetensors=use_safetensors,
                 **hub_kwargs,
             )
         return component_cls.from_pretrained(root, subfolder=name, **hub_kwargs)

@@ -161,6 +161,8 @@ class AlphaBarSchedulerMixin:
     ``set_timesteps`` and ``previous_timestep``.
     """
 
+    init_noise_sigma = 1.0  # the initial noise is standard normal
+
     def _init_schedule(self) -> None:
         """Call at the end of ``__init__``: validates the config and builds the noise schedule."""
         check_config(self.config)
@@ -171,7 +173,6 @@ class AlphaBarSchedulerMixin:
             self.schedule.alphas_cumprod,
         )
         self.one = torch.tensor(1.0)
-        self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
         self._set_grid(np.arange(len(self.schedule))[::-1].copy(), None)
@@ -266,3 +267,97 @@ class AlphaBarSchedulerMixin:
             raise ValueError(f"noise must be a tensor shaped like sample {tuple(sample.shape)}")
         a, s = self._noise_coeffs(timesteps, sample)
         return P.get_velocity(sample, noise, a, s)
+
+
+class StepIndexMixin:
+    """Step counting for schedulers that walk their ``timesteps`` in order (k-diffusion style, LCM, flow matching).
+
+    The first ``step``/``scale_model_input`` finds its place from the timestep (or from ``begin_index``, set by
+    image-to-image pipelines that start part-way); later calls just advance ``step_index``.
+    Subclasses keep ``self.timesteps`` and call ``self._reset_steps()`` in ``set_timesteps``.
+    """
+
+    _step_index: int | None = None
+    _begin_index: int | None = None
+    _timestep_values: list[float] = []
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step in ``timesteps`` (``None`` before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First step index, when a pipeline fixed it with :meth:`set_begin_index`."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at ``timesteps[begin_index]`` (image-to-image pipelines call this before the loop)."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index must be an int >= 0, got {begin_index!r}")
+        n = len(self._timestep_values)
+        if n and begin_index >= n:
+            raise ValueError(f"begin_index={begin_index} is past the last of the {n} timesteps")
+        self._begin_index = int(begin_index)
+
+    def _reset_steps(self) -> None:
+        self._timestep_values = [float(t) for t in self.timesteps.tolist()]
+        self._step_index = None
+        self._begin_index = None
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """Position of ``timestep`` in the schedule; when it occurs twice, the second (so a run that starts
+        part-way does not skip a noise level), except for the first timestep of the schedule."""
+        values = self._timestep_values if schedule_timesteps is None else schedule_timesteps.tolist()
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1:
+                raise ValueError(f"timestep must be a single value, got shape {tuple(timestep.shape)}")
+            timestep = timestep.item()
+        if not values:
+            raise ValueError("call set_timesteps(...) before stepping")
+        hits = [i for i, v in enumerate(values) if v == timestep]
+        if not hits:
+            raise ValueError(
+                f"timestep={timestep!r} is not one of the scheduler's timesteps; pass a value from .timesteps"
+            )
+        # A repeated timestep means a run that starts part-way (take the second); but the schedule's very first
+        # timestep always means "from the start" (Karras grids on cosine schedules repeat t=999; Diffusers then
+        # skips a step and runs off the end of its tables).
+        return hits[1] if len(hits) > 1 and hits[0] != 0 else hits[0]
+
+    def _init_step_index(self, timestep: Any) -> None:
+        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _index_for_step(self, timestep: Any) -> int:
+        """The step index for this call (initialised on the first); errors past the end of the schedule."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= len(self._timestep_values):
+            raise ValueError(
+                f"step() was called {self._step_index + 1} times but there are only {len(self._timestep_values)} "
+                "timesteps; call set_timesteps(...) again to start a new run"
+            )
+        return self._step_index
+
+    def _indices_for(self, timesteps: Any, batch: int) -> list[int]:
+        """Step indices for ``add_noise``: looked up per sample, or the current/begin index once stepping started."""
+        t = torch.as_tensor(timesteps).flatten()
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(v) for v in t.tolist()]
+        else:
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * max(t.numel(), 1)
+        if len(idx) == 1:
+            idx = idx * batch
+        if len(idx) != batch:
+            raise ValueError(f"timesteps has {len(idx)} entries but the batch has {batch} samples")
+        return idx
+
+
+def reject_integer_index(timestep: Any, cls_name: str) -> None:
+    """Timesteps of k-diffusion schedulers are floats; an int is almost always an ``enumerate`` index by mistake."""
+    if isinstance(timestep, (int, np.integer)) or (
+        isinstance(timestep, torch.Tensor) and not timestep.dtype.is_floating_point
+    ):
+        raise ValueError(
+            f"timestep={timestep!r} is an integer: pass a value from {cls_name}.timesteps (floats), not a loop index"
+        )

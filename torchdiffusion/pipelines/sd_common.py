@@ -1,0 +1,485 @@
+"""What the Stable Diffusion pipelines (text-to-image, image-to-image, inpainting) share.
+
+:class:`StableDiffusionMixin` holds the components (``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
+``scheduler``, optional ``safety_checker`` / ``feature_extractor``) and the steps every SD call takes: check the
+arguments at the door, encode the prompt with CLIP, draw the initial latents, build the guided ``predict`` that
+:func:`~torchdiffusion.pipelines.denoise.denoise` runs, and decode (with an fp32 retry when an fp16 VAE
+overflows). Per-call values (guidance scale, step count...) live in thread-local state, so one pipeline object can
+serve several threads while callbacks still read and set ``pipe.guidance_scale`` / ``pipe._interrupt``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core.guidance import classifier_free_guidance, rescale_guidance
+from ..utils.images import check_output_type, postprocess
+from ..utils.outputs import BaseOutput
+from ..utils.torch_utils import check_generator, randn_tensor
+from .denoise import check_finite_number, check_positive_int
+from .pipeline import DiffusionPipeline
+
+logger = logging.getLogger(__name__)
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class StableDiffusionPipelineOutput(BaseOutput):
+    """``images``: PIL images, a numpy array (batch, height, width, 3) or a tensor (batch, 3, height, width) in
+    [0, 1] (latents (batch, 4, height/8, width/8) for ``output_type="latent"``); ``nsfw_content_detected``: one
+    bool per image, or None without a safety checker."""
+
+    images: Any
+    nsfw_content_detected: list[bool] | None = None
+
+
+class _CallState:
+    __slots__ = (
+        "guidance_scale",
+        "guidance_rescale",
+        "clip_skip",
+        "cross_attention_kwargs",
+        "num_timesteps",
+        "interrupt",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        self.num_timesteps = 0
+        self.interrupt = False
+        for k, v in values.items():
+            setattr(self, k, v)
+
+
+_CALLS = threading.local()  # .states: {id(pipeline): _CallState} for the calls running in this thread
+
+
+def _state_property(name: str, default: Any = None) -> property:
+    def get(self):
+        state = getattr(_CALLS, "states", {}).get(id(self))
+        return default if state is None else getattr(state, name)
+
+    def set_(self, value):
+        state = getattr(_CALLS, "states", {}).get(id(self))
+        if state is None:
+            raise AttributeError(f"{name} can only be set during a pipeline call (e.g. from callback_on_step_end)")
+        setattr(state, name, value)
+
+    return property(get, set_, doc=f"The current call's ``{name}`` (``{default}`` outside a call).")
+
+
+def _fix_legacy_configs(scheduler: Any, unet: Any) -> None:
+    """The corrections Diffusers applies to old SD folders (stale values that would give wrong images)."""
+    config = getattr(scheduler, "config", None)
+    if config is not None and config.get("steps_offset", 1) != 1:
+        logger.warning(
+            "scheduler config has steps_offset=%s; Stable Diffusion needs 1, using 1", config["steps_offset"]
+        )
+        scheduler.register_to_config(steps_offset=1)
+    if config is not None and config.get("clip_sample", False) is True:
+        logger.warning("scheduler config has clip_sample=True; Stable Diffusion needs False, using False")
+        scheduler.register_to_config(clip_sample=False)
+    uconfig = getattr(unet, "config", None)
+    version = str(uconfig.get("_diffusers_version", "1")) if uconfig is not None else "1"
+    size = uconfig.get("sample_size") if uconfig is not None else None
+    try:
+        old = tuple(int(p) for p in version.split(".")[:2]) < (0, 9)
+    except ValueError:
+        old = False
+    if old and isinstance(size, int) and size < 64:
+        logger.warning("unet config (diffusers %s) has sample_size=%s; SD checkpoints use 64, using 64", version, size)
+        unet.register_to_config(sample_size=64)
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32):
+    """Sinusoidal embedding (batch, embedding_dim) of guidance scales ``w`` (batch,), for guidance-distilled UNets
+    (``time_cond_proj_dim``, Meng et al. 2023)."""
+    half = embedding_dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=dtype) * -(math.log(10000.0) / (half - 1)))
+    angles = (w.to(dtype) * 1000.0)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
+
+
+class StableDiffusionMixin(DiffusionPipeline):
+    """Base of the Stable Diffusion pipelines. ``safety_checker``, ``feature_extractor`` and ``image_encoder``
+    are optional (None); ``image_encoder`` is kept for folder compatibility only (no IP-Adapter here)."""
+
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        scheduler: Any,
+        safety_checker: Any = None,
+        feature_extractor: Any = None,
+        image_encoder: Any = None,
+        requires_safety_checker: bool = True,
+    ) -> None:
+        super().__init__()
+        _fix_legacy_configs(scheduler, unet)
+        if safety_checker is not None and feature_extractor is None:
+            raise ValueError("feature_extractor is None but a safety_checker is given; it needs the feature_extractor")
+        if safety_checker is None and requires_safety_checker:
+            logger.warning(
+                "%s has no safety checker (safety_checker=None): images are not filtered. Mind the model's license "
+                "when exposing results publicly; pass requires_safety_checker=False to silence this.",
+                type(self).__name__,
+            )
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+        )
+        self.register_to_config(requires_safety_checker=requires_safety_checker)
+
+    # ---- per-call state (thread-local) -----------------------------------------------------------------
+    guidance_scale = _state_property("guidance_scale")
+    _guidance_scale = guidance_scale
+    guidance_rescale = _state_property("guidance_rescale", 0.0)
+    clip_skip = _state_property("clip_skip")
+    cross_attention_kwargs = _state_property("cross_attention_kwargs")
+    num_timesteps = _state_property("num_timesteps", 0)
+    _num_timesteps = num_timesteps
+    interrupt = _state_property("interrupt", False)
+    _interrupt = interrupt
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        g = self.guidance_scale
+        return g is not None and g > 1 and self.unet.config.get("time_cond_proj_dim") is None
+
+    def _begin_call(self, **values: Any) -> tuple[_CallState, _CallState | None]:
+        states = getattr(_CALLS, "states", None)
+        if states is None:
+            states = _CALLS.states = {}
+        previous = states.get(id(self))
+        states[id(self)] = state = _CallState(**values)
+        return state, previous
+
+    def _end_call(self, previous: _CallState | None) -> None:
+        if previous is None:
+            _CALLS.states.pop(id(self), None)
+        else:
+            _CALLS.states[id(self)] = previous
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel: 2 ** (number of VAE levels - 1), 8 for Stable Diffusion."""
+        vae = getattr(self, "vae", None)
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+
+    # ---- text ------------------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str], max_length: int, warn: bool) -> Any:
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        if warn:
+            full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
+            if full.shape[-1] > tokens.input_ids.shape[-1]:
+                removed = self.tokenizer.batch_decode(full[:, max_length - 1 : -1])
+                warnings.warn(
+                    f"prompt: the text encoder reads at most {max_length} tokens; this part was cut off: {removed}",
+                    stacklevel=4,
+                )
+        return tokens
+
+    def _text_embeddings(self, texts: list[str], device, clip_skip: int | None, max_length: int, warn: bool):
+        """Hidden states (batch, tokens, dim) of the text encoder; ``clip_skip`` layers before the last."""
+        tokens = self._tokenize(texts, max_length, warn)
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(device)
+        ids = tokens.input_ids.to(device)
+        if clip_skip is None:
+            return self.text_encoder(ids, attention_mask=mask)[0]
+        hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
+        return text_model.final_layer_norm(hidden[-(clip_skip + 1)])
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | str | None,
+        num_images_per_prompt: int,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text -> (prompt_embeds, negative_prompt_embeds), each (batch * num_images_per_prompt, tokens, dim).
+
+        ``negative_prompt_embeds`` is None without classifier-free guidance; an absent ``negative_prompt`` means
+        the empty prompt. Prompts longer than the tokenizer's ``model_max_length`` are cut with a warning.
+        ``lora_scale`` is accepted for Diffusers compatibility and unused.
+        """
+        device = self.device if device is None else device
+        if prompt_embeds is None:
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            max_length = self.tokenizer.model_max_length
+            prompt_embeds = self._text_embeddings(texts, device, clip_skip, max_length, warn=True)
+        batch_size = prompt_embeds.shape[0]
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            if negative_prompt is None:
+                negatives = [""] * batch_size
+            elif isinstance(negative_prompt, str):
+                negatives = [negative_prompt] * batch_size
+            else:
+                negatives = list(negative_prompt)
+                if len(negatives) != batch_size:
+                    raise ValueError(
+                        f"negative_prompt has {len(negatives)} entries but prompt has {batch_size}; pass one "
+                        "negative prompt, or one per prompt"
+                    )
+            negative_prompt_embeds = self._text_embeddings(negatives, device, None, prompt_embeds.shape[1], False)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        return prompt_embeds, negative_prompt_embeds
+
+    # ---- checks ----------------------------------------------------------------------------------------
+    def _check_common(
+        self,
+        prompt: Any,
+        prompt_embeds: Any,
+        negative_prompt: Any,
+        negative_prompt_embeds: Any,
+        num_inference_steps: Any,
+        timesteps: Any,
+        sigmas: Any,
+        guidance_scale: Any,
+        guidance_rescale: Any,
+        num_images_per_prompt: Any,
+        eta: Any,
+        generator: Any,
+        output_type: Any,
+        clip_skip: Any,
+        cross_attention_kwargs: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> int:
+        """Validate the arguments every SD pipeline takes; return the number of images (prompts x per prompt)."""
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either prompt or prompt_embeds, not both")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("prompt is missing: pass prompt (a string or list of strings) or prompt_embeds")
+        if prompt is not None:
+            if isinstance(prompt, str):
+                batch = 1
+            elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+                batch = len(prompt)
+            else:
+                raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
+        else:
+            if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
+                raise ValueError("prompt_embeds must be a tensor (batch, tokens, dim)")
+            batch = prompt_embeds.shape[0]
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            if not (isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt)):
+                raise ValueError(f"negative_prompt must be a string or a list of strings, got {negative_prompt!r:.80}")
+            if len(negative_prompt) != batch:
+                raise ValueError(
+                    f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch}; pass one negative "
+                    "prompt, or one per prompt"
+                )
+        if negative_prompt_embeds is not None:
+            if prompt_embeds is None:
+                raise ValueError("negative_prompt_embeds needs prompt_embeds (of the same shape) instead of prompt")
+            if (
+                not isinstance(negative_prompt_embeds, torch.Tensor)
+                or negative_prompt_embeds.shape != prompt_embeds.shape
+            ):
+                shape = tuple(getattr(negative_prompt_embeds, "shape", ()))
+                raise ValueError(
+                    f"negative_prompt_embeds must have the shape of prompt_embeds {tuple(prompt_embeds.shape)}, got {shape}"
+                )
+        if timesteps is None and sigmas is None:
+            check_positive_int(num_inference_steps, "num_inference_steps")
+        elif timesteps is not None and sigmas is not None:
+            raise ValueError("pass either timesteps or sigmas, not both")
+        check_finite_number(guidance_scale, "guidance_scale")
+        check_finite_number(guidance_rescale, "guidance_rescale", 0.0, 1.0)
+        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        check_finite_number(eta, "eta", 0.0)
+        total = batch * num_images_per_prompt
+        check_generator(generator, total)
+        check_output_type(output_type, OUTPUT_TYPES)
+        if clip_skip is not None:
+            layers = getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None)
+            check_positive_int(clip_skip, "clip_skip", minimum=0)
+            if layers is not None and clip_skip >= layers:
+                raise ValueError(f"clip_skip must be < the text encoder's {layers} layers, got {clip_skip}")
+        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
+            raise ValueError(
+                f"cross_attention_kwargs must be a dict or None, got {type(cross_attention_kwargs).__name__}"
+            )
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError("callback_on_step_end must be callable: fn(pipe, step, timestep, tensors) -> dict")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs has {bad}; allowed: {self._callback_tensor_inputs}")
+        return total
+
+    def _check_size(self, height: Any, width: Any) -> None:
+        f = self.vae_scale_factor
+        for name, value in (("height", height), ("width", width)):
+            check_positive_int(value, name)
+            if value % f:
+                raise ValueError(f"{name} must be divisible by vae_scale_factor={f}, got {value}")
+
+    def _default_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        f = self.vae_scale_factor
+        return (height or h * f), (width or w * f)
+
+    # ---- latents ---------------------------------------------------------------------------------------
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        generator: Any,
+        latents: torch.Tensor | None = None,
+        scheduler: Any = None,
+    ) -> torch.Tensor:
+        """Initial noise (batch, channels, height/f, width/f) times the scheduler's ``init_noise_sigma``."""
+        scheduler = self.scheduler if scheduler is None else scheduler
+        f = self.vae_scale_factor
+        shape = (batch_size, num_channels_latents, int(height) // f, int(width) // f)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"latents must have shape {shape} (batch, channels, height/{f}, width/{f}), got {got}")
+            latents = latents.to(device)
+        return latents * scheduler.init_noise_sigma
+
+    def get_guidance_scale_embedding(self, w: torch.Tensor, embedding_dim: int = 512, dtype=torch.float32):
+        return guidance_scale_embedding(w, embedding_dim, dtype)
+
+    def _timestep_cond(self, total: int, guidance_scale: float, device, dtype) -> torch.Tensor | None:
+        dim = self.unet.config.get("time_cond_proj_dim")
+        if dim is None:
+            return None
+        w = torch.full((total,), guidance_scale - 1.0)
+        return guidance_scale_embedding(w, dim).to(device=device, dtype=dtype)
+
+    def _predictor(self, timestep_cond: torch.Tensor | None = None, extra_inputs: Sequence[str] = ()) -> Callable:
+        """The ``predict(x, t, state)`` for :func:`denoise`: the UNet on ``x`` (doubled for classifier-free
+        guidance, ``extra_inputs`` from ``state`` appended as channels), then guidance and guidance rescale."""
+        unet = self.unet
+        call = _CALLS.states[id(self)]
+        time_cond = unet.config.get("time_cond_proj_dim") is not None
+
+        def predict(x: torch.Tensor, t: torch.Tensor, state: dict) -> torch.Tensor:
+            scale = call.guidance_scale
+            cfg = scale > 1 and not time_cond  # read every step: a callback may switch guidance off
+            x_in = torch.cat([x, x]) if cfg else x
+            if extra_inputs:
+                x_in = torch.cat([x_in, *(state[k] for k in extra_inputs)], dim=1)
+            out = unet(
+                x_in,
+                t,
+                encoder_hidden_states=state["prompt_embeds"],
+                timestep_cond=timestep_cond,
+                cross_attention_kwargs=call.cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+            if not cfg:
+                return out
+            uncond, cond = out.chunk(2)
+            guided = classifier_free_guidance(uncond, cond, scale)
+            return rescale_guidance(guided, cond, call.guidance_rescale) if call.guidance_rescale > 0 else guided
+
+        return predict
+
+    # ---- images ----------------------------------------------------------------------------------------
+    def _encode_images(self, images: torch.Tensor, generator: Any) -> torch.Tensor:
+        """Pixels (batch, 3, H, W) in [-1, 1] -> scaled latents, sampled with one generator per image if a list."""
+        vae = self.vae
+        images = images.to(device=vae.device, dtype=vae.dtype)
+        if isinstance(generator, (list, tuple)):
+            parts = [vae.encode(images[i : i + 1]).latent_dist.sample(generator[i]) for i in range(images.shape[0])]
+            latents = torch.cat(parts)
+        else:
+            latents = vae.encode(images).latent_dist.sample(generator)
+        shift = vae.config.get("shift_factor")
+        if shift is not None:
+            latents = latents - shift
+        return latents * vae.config.scaling_factor
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels in [-1, 1]. An fp16 VAE whose output overflows (inf/NaN) is re-run in fp32 when its
+        config says ``force_upcast`` (SDXL's VAE needs this)."""
+        vae = self.vae
+        z = latents / vae.config.scaling_factor
+        shift = vae.config.get("shift_factor")
+        if shift is not None:
+            z = z + shift
+        image = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+        if (
+            vae.dtype == torch.float16
+            and vae.config.get("force_upcast", True)
+            and not torch.isfinite(image).all()
+            and torch.isfinite(latents).all()
+        ):
+            logger.warning("the fp16 VAE overflowed; decoding again in float32 (force_upcast)")
+            vae32 = copy.deepcopy(vae).float()
+            image = vae32.decode(z.float(), return_dict=False)[0]
+        return image
+
+    def run_safety_checker(self, image: torch.Tensor, device, dtype) -> tuple[torch.Tensor, list[bool] | None]:
+        """(images, one nsfw flag per image), or (images, None) without a safety checker."""
+        if self.safety_checker is None:
+            return image, None
+        pil = postprocess(image.float(), "pil")
+        inputs = self.feature_extractor(pil, return_tensors="pt").to(device)
+        return self.safety_checker(images=image, clip_input=inputs.pixel_values.to(dtype))
+
+    def _finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, dtype: torch.dtype):
+        """Decode, filter, convert; outputs leave inference mode (so callers may modify them in place)."""
+        if output_type == "latent":
+            images, nsfw = latents, None
+        else:
+            image, nsfw = self.run_safety_checker(self._decode(latents), self.device, dtype)
+            if nsfw is not None and any(nsfw):  # flagged images are blacked out, not denormalized
+                image = torch.stack([im if flag else (im / 2 + 0.5).clamp(0, 1) for im, flag in zip(image, nsfw)])
+                images = postprocess(image, output_type, do_denormalize=False)
+            else:
+                images = postprocess(image, output_type)
+        if isinstance(images, torch.Tensor):
+            with torch.inference_mode(False):
+                images = images.clone()
+        if not return_dict:
+            return images, nsfw
+        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=nsfw)
