@@ -41,7 +41,7 @@ UNET_CONFIGS = {
     ),
     "fourier": dict(
         sample_size=8,
-        block_out_channels=(8, 16),
+        block_out_channels=(32, 64),
         norm_num_groups=4,
         layers_per_block=1,
         time_embedding_type="fourier",

@@ -21,6 +21,8 @@ from .spacing import (
     check_custom_sigmas,
     check_num_inference_steps,
     convert_sigmas,
+    exponential_sigmas,
+    karras_sigmas,
     flow_shift,
     sigma_grid_kind,
     sigma_to_t,
@@ -55,8 +57,10 @@ def named_sigmas(name: str, n: int, sigma_min: float, sigma_max: float, rho: flo
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     lo, hi = math.log(sigma_min), math.log(sigma_max)
-    if name in ("karras", "exponential"):
-        return convert_sigmas(name, np.array([sigma_max, sigma_min]), n)
+    if name == "karras":
+        return karras_sigmas(sigma_min, sigma_max, n, rho)
+    if name == "exponential":
+        return exponential_sigmas(sigma_min, sigma_max, n)
     shapes = {"ays_sd15": AYS_SD15, "ays_sdxl": AYS_SDXL}
     if name in shapes:
         base = np.log(np.asarray(shapes[name]))
@@ -93,11 +97,12 @@ def multistep_schedule(
     style: str = "dpmsolver",
     mu: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Timesteps ``(n,)`` (integer valued, float64) and noise levels ``(n + 1,)`` of a multistep scheduler.
+    """Timesteps ``(n,)`` and noise levels ``(n + 1,)`` (float64) of a multistep scheduler.
 
     ``train_sigmas`` ``(T,)``: VE noise levels of the training schedule, increasing with t. Exactly one of
     ``num_inference_steps``, ``timesteps`` (descending ints) or ``sigmas`` (descending noise levels, VE, with or
-    without the final one; for ``use_flow_sigmas`` the flow noise levels before shifting) must be given.
+    the final one; for ``use_flow_sigmas`` the flow noise levels before shifting) must be given. Timesteps are
+    integers, except for custom ``sigmas``: those are used exactly, at fractional timesteps (``sigma_to_t``).
     """
     T = len(train_sigmas)
     given = [k for k, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
@@ -108,9 +113,9 @@ def multistep_schedule(
     flow = config.get("use_flow_sigmas", False)
     log_train = np.log(train_sigmas)
     final_min = config.get("final_sigmas_type", "zero") == "sigma_min" or style == "deis"
-    if sigmas is not None and not flow:  # a custom VE grid: model timesteps are its rounded training positions
+    if sigmas is not None and not flow:  # a custom VE grid: the model is called at its fractional timesteps
         s = check_custom_sigmas(sigmas)
-        return sigma_to_t(s[:-1], log_train).round(), s
+        return sigma_to_t(s[:-1], log_train), s
     if timesteps is not None:
         if kind is not None or config.get("use_lu_lambdas", False):
             raise ValueError(f"timesteps cannot be combined with use_{kind or 'lu_lambdas'}; pass sigmas= instead")
@@ -150,7 +155,7 @@ def multistep_schedule(
     else:
         s = np.interp(ts, np.arange(T), train_sigmas)
         last = train_sigmas[0] if final_min else 0.0
-    return np.trunc(ts), np.append(s, last)
+    return np.trunc(ts), np.append(s, last)  # Diffusers casts fractional timesteps to int64 (truncation)
 
 
 def _check_int_timesteps(timesteps: Any, T: int) -> np.ndarray:

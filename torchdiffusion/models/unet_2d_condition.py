@@ -17,6 +17,7 @@ from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
 from .layers.activations import get_activation
 from .layers.embeddings import TimestepEmbedding, Timesteps
+from .layers.fast import conv2d, group_norm_act, use_channels_last
 from .modeling import ModelMixin
 from .unet_condition_plan import (
     build_class_embedding,
@@ -267,7 +268,9 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
         if down_block_additional_residuals is not None and not is_controlnet:  # legacy T2I-Adapter call
             intrablock = list(down_block_additional_residuals)
 
-        sample = self.conv_in(sample)
+        if use_channels_last(sample):  # NHWC feature maps inside: oneDNN's fast convolutions, free token views
+            sample = sample.contiguous(memory_format=torch.channels_last)
+        sample = conv2d(self.conv_in, sample)
         skips: tuple[torch.Tensor, ...] = (sample,)
         for block in self.down_blocks:
             if getattr(block, "has_cross_attention", False):
@@ -300,8 +303,8 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
                 sample = block(sample, res, emb, upsample_size=upsample_size)
 
         if self.conv_norm_out is not None:
-            sample = self.conv_act(self.conv_norm_out(sample))
-        sample = self.conv_out(sample)
+            sample = group_norm_act(sample, self.conv_norm_out, self.conv_act)
+        sample = conv2d(self.conv_out, sample).contiguous()
         if not return_dict:
             return (sample,)
         return UNet2DConditionOutput(sample=sample)

@@ -18,6 +18,7 @@ from torch import nn
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg, randn_tensor
 from .layers.activations import get_activation
+from .layers.fast import conv2d, group_norm_act, use_channels_last
 from .layers.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from .modeling import checkpointed
 
@@ -89,11 +90,11 @@ class Encoder(nn.Module):
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)`` -> ``(B, 2 * out_channels, H / f, W / f)``."""
-        sample = self.conv_in(sample)
+        sample = conv2d(self.conv_in, _layout(sample))
         for block in self.down_blocks:
             sample = checkpointed(self, block, sample)
         sample = checkpointed(self, self.mid_block, sample)
-        return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        return conv2d(self.conv_out, group_norm_act(sample, self.conv_norm_out, self.conv_act)).contiguous()
 
 
 class Decoder(nn.Module):
@@ -153,11 +154,16 @@ class Decoder(nn.Module):
         """``(B, in_channels, h, w)`` -> ``(B, out_channels, h * f, w * f)``."""
         if latent_embeds is not None:
             raise ValueError("latent_embeds is only used by spatial-norm decoders, which are not supported")
-        sample = self.conv_in(sample)
+        sample = conv2d(self.conv_in, _layout(sample))
         sample = checkpointed(self, self.mid_block, sample)
         for block in self.up_blocks:
             sample = checkpointed(self, block, sample)
-        return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        return conv2d(self.conv_out, group_norm_act(sample, self.conv_norm_out, self.conv_act)).contiguous()
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last feature maps on the CPU (the layers' fast path); outputs go back to plain NCHW."""
+    return x.contiguous(memory_format=torch.channels_last) if use_channels_last(x) else x
 
 
 class DiagonalGaussianDistribution:

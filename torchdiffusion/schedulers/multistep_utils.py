@@ -83,7 +83,9 @@ class MultistepMixin(StepIndexMixin):
 
     # ---- grid -----------------------------------------------------------------------------------------------
     def _set_grid(self, timesteps: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
-        self.timesteps = torch.from_numpy(np.asarray(timesteps).astype(np.int64)).to(device)
+        ts = np.asarray(timesteps, dtype=np.float64)
+        integral = bool(np.all(ts == np.round(ts)))  # custom sigmas give fractional timesteps: kept as float32
+        self.timesteps = torch.from_numpy(ts.astype(np.int64) if integral else ts.astype(np.float32)).to(device)
         self.sigmas = torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
         flow = self.config.get("use_flow_sigmas", False)
         self._levels = [M.alpha_sigma(s, flow) for s in self.sigmas.tolist()]

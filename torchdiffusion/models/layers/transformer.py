@@ -16,6 +16,7 @@ from torch import nn
 
 from ..modeling import checkpointed
 from .attention import Attention
+from .fast import needs_graph, residual_add
 
 
 class GEGLU(nn.Module):
@@ -27,7 +28,9 @@ class GEGLU(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(hidden_states).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
+        if needs_graph(hidden):
+            return hidden * F.gelu(gate)
+        return F.gelu(gate).mul_(hidden)  # one temporary fewer at inference
 
 
 class GELU(nn.Module):
@@ -161,19 +164,20 @@ class BasicTransformerBlock(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``hidden_states``: ``(B, N, dim)``; ``encoder_hidden_states``: ``(B, M, cross_attention_dim)``."""
+        # Each sub-layer's output is a fresh tensor, so the residual is added into it in place at inference.
         context = encoder_hidden_states if self.only_cross_attention else None
-        hidden_states = hidden_states + self.attn1(
-            self.norm1(hidden_states), encoder_hidden_states=context, attention_mask=attention_mask
-        )
+        attn = self.attn1(self.norm1(hidden_states), encoder_hidden_states=context, attention_mask=attention_mask)
+        hidden_states = residual_add(attn, hidden_states)
         if self.attn2 is not None:
-            hidden_states = hidden_states + self.attn2(
+            attn = self.attn2(
                 self.norm2(hidden_states),
                 encoder_hidden_states=encoder_hidden_states,
                 attention_mask=encoder_attention_mask,
             )
+            hidden_states = residual_add(attn, hidden_states)
         normed = self.norm3(hidden_states)
         if self._chunk_size is None:
-            return hidden_states + self.ff(normed)
+            return residual_add(self.ff(normed), hidden_states)
         if normed.shape[self._chunk_dim] % self._chunk_size != 0:
             raise ValueError(
                 f"chunk_size={self._chunk_size} must divide dimension {self._chunk_dim} of the tokens "
@@ -277,8 +281,8 @@ class Transformer2DModel(nn.Module):
         for block in self.transformer_blocks:
             tokens = checkpointed(self, block, tokens, attention_mask, encoder_hidden_states, encoder_attention_mask)
         out = F.linear(tokens, _as_linear_weight(self.proj_out), self.proj_out.bias)
-        out = out.view(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
-        return out + residual
+        out = out.view(batch, height, width, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
+        return residual_add(out, residual)
 
 
 def _mask_to_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
