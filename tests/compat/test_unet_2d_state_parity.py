@@ -52,10 +52,10 @@ CONFIGS = {
 
 def _inputs(cfg: dict, batch: int = 2):
     g = torch.Generator().manual_seed(1)
-    size = cfg.get("sample_size") or 16
+    size = min(cfg.get("sample_size") or 16, 16)  # small inputs keep the file fast
     x = torch.randn(batch, cfg.get("in_channels", 3), size, size, generator=g)
     if cfg.get("time_embedding_type") == "fourier":
-        t = torch.tensor([0.01, 5.0])[:batch]
+        t = torch.tensor([0.5, 5.0])[:batch]  # output is divided by sigma: keep it O(1)
     else:
         t = torch.tensor([3, 999])[:batch]
     kwargs = {}
@@ -104,7 +104,7 @@ def test_timestep_forms_match(timestep):
 
 
 def test_training_gradients_match():
-    cfg = dict(SMALL, num_class_embeds=3, resnet_time_scale_shift="scale_shift")
+    cfg = dict(SMALL, num_class_embeds=10, resnet_time_scale_shift="scale_shift")
     torch.manual_seed(0)
     theirs = diffusers.UNet2DModel(**cfg).train()
     ours = td.UNet2DModel(**cfg).train()

@@ -51,6 +51,15 @@ def test_bad_timesteps(timestep, error, match):
         tiny()(torch.randn(2, 3, 16, 16), timestep)
 
 
+def test_learned_time_embedding_range():
+    model = tiny(time_embedding_type="learned", num_train_timesteps=10)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, 9).sample, model(x, torch.tensor([9.0])).sample)
+    with pytest.raises(ValueError, match="timestep"):
+        model(x, 10)
+
+
 def test_bad_sample():
     model = tiny()
     with pytest.raises(ValueError, match="sample"):
@@ -70,6 +79,10 @@ def test_class_conditioning():
         model(x, 5)
     with pytest.raises(ValueError, match="class_labels"):
         tiny()(x, 5, class_labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="class_labels"):
+        model(x, 5, class_labels=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="class_labels"):
+        model(x, 5, class_labels=torch.tensor([0.5, 1.0]))
     for kind, labels in (("timestep", torch.tensor([3, 9])), ("identity", torch.randn(2, 64))):
         out = tiny(class_embed_type=kind)(x, 5, class_labels=labels)
         assert out.sample.shape == x.shape

@@ -179,13 +179,17 @@ def exponential_step(
 def multistep(
     levels: Sequence[Level], target: Level, order: int, form: str = "data", sde: bool = False, variant: str = "exact"
 ) -> LinearStep:
-    """Multistep update from ``levels[0]`` (newest; older ones follow) to ``target`` using ``order`` outputs.
+    """Multistep update from ``levels[0]`` (newest; older ones follow) to ``target`` using ``order`` outputs
+    (a step to ``sigma = 0`` is first order: the older outputs then get zero coefficients).
 
     ``levels[j]`` is where output ``j`` (newest first) was computed. DPM-Solver(++) ``kM``, DEIS (noise form,
     exact), and the SDE variants are all this function with different ``form``/``sde``/``variant``.
     """
     if not 1 <= order <= len(levels):
         raise ValueError(f"order={order} needs between 1 and {len(levels)} stored outputs")
+    if math.isinf(half_log_snr(target)) and order > 1:  # the jump to sigma = 0: first order (no limit for more)
+        first = exponential_step(levels[0], target, levels[:1], form, sde, variant)
+        return LinearStep(first.x, first.m + (0.0,) * (order - 1), first.noise)
     return exponential_step(levels[0], target, levels[:order], form, sde, variant)
 
 

@@ -18,9 +18,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..utils.torch_utils import randn_tensor
 from . import multistep as M
+from . import prediction as P
 from . import solvers as S
 from .grids import named_sigmas
+from .spacing import sigma_to_t
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS: tuple[str, ...] = (
@@ -40,6 +43,33 @@ _MULTISTEP = {  # solver -> (default order, form, sde, variant)
 def get_sigmas(grid: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """``n`` noise levels of a named grid (see :func:`torchdiffusion.core.grids.named_sigmas`) plus the final 0."""
     return torch.from_numpy(np.append(named_sigmas(grid, n, sigma_min, sigma_max, rho), 0.0))
+
+
+class VPDenoiser:
+    """Wrap a variance-preserving model ``model(x_t, t) -> output`` (a UNet trained on ``alphas_cumprod``) as a
+    k-diffusion denoiser ``D(x, sigma) -> x0`` over the variance-exploding sample ``x = x_t / alpha``.
+
+    The model is called at the fractional training timestep of each ``sigma`` (``sigma_to_t``), with
+    ``x_t = x / sqrt(1 + sigma^2)``. ``sigma_min``/``sigma_max``: the trained range, for :func:`get_sigmas`.
+    """
+
+    def __init__(self, model: Callable, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> None:
+        if prediction_type not in P.PREDICTION_TYPES:
+            raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose {P.PREDICTION_TYPES}")
+        ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.model, self.prediction_type = model, prediction_type
+        self.sigmas = ((1 - ab) / ab).sqrt().numpy()
+        self.log_sigmas = np.log(self.sigmas)
+        self.sigma_min, self.sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        t = torch.from_numpy(sigma_to_t(s.cpu().numpy(), self.log_sigmas)).to(device=x.device, dtype=torch.float32)
+        alpha = P.expand_as((1 / (1 + s**2)).sqrt(), x)
+        sigma_vp = P.expand_as((s**2 / (1 + s**2)).sqrt(), x)
+        out = self.model(x * alpha, t[0] if bool((s == s[0]).all()) else t)  # one timestep for the batch if it can
+        x0, _ = P.to_x0_eps(out, x * alpha, alpha, sigma_vp, self.prediction_type)
+        return x0
 
 
 def _check(denoiser, x, sigmas, solver) -> list[float]:
@@ -62,6 +92,8 @@ def sample(
     solver: str = "dpmpp_2m",
     *,
     order: int | None = None,
+    solver_type: str | None = None,
+    predict_x0: bool = True,
     eta: float = 1.0,
     s_noise: float = 1.0,
     generator: torch.Generator | list[torch.Generator] | None = None,
@@ -69,12 +101,19 @@ def sample(
 ) -> torch.Tensor:
     """Integrate from ``sigmas[0]`` to ``sigmas[-1]`` (usually 0) with ``solver``; returns the final sample.
 
-    ``x``: ``(B, ...)`` at noise level ``sigmas[0]``. ``order``: for the multistep solvers (default: the solver's).
+    ``x``: ``(B, ...)`` at noise level ``sigmas[0]``. ``order``: of the multistep solvers (default: the solver's;
+    ``lms`` 4, ``unipc`` 2). ``solver_type``: ``"midpoint"``/``"heun"`` for ``dpmpp_2m*``, ``"bh1"``/``"bh2"`` for
+    ``unipc``. ``predict_x0=False``: UniPC on the noise estimate (more accurate in ``benchmarks/sampler_error.py``).
     ``eta``/``s_noise``: noise of the ancestral and SDE solvers, drawn from ``generator`` (one per sample allowed).
     ``callback`` gets ``{"i", "x", "sigma", "denoised"}`` after each model call.
     """
     sig = _check(denoiser, x, sigmas, solver)
-    from ..utils.torch_utils import randn_tensor
+    if order is not None and (isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4):
+        raise ValueError(f"order must be an int in 1..4, got {order!r}")
+    if solver_type not in (None, "midpoint", "heun", "bh1", "bh2"):
+        raise ValueError(f"solver_type={solver_type!r} is not supported; choose 'midpoint', 'heun', 'bh1' or 'bh2'")
+    if not eta >= 0 or not s_noise >= 0:
+        raise ValueError(f"eta and s_noise must be >= 0, got eta={eta!r}, s_noise={s_noise!r}")
 
     def model(z: torch.Tensor, s: float, i: int) -> torch.Tensor:
         d = denoiser(z, torch.full((z.shape[0],), s, dtype=z.dtype, device=z.device))
@@ -107,17 +146,19 @@ def sample(
         else:
             lvl, target = (1.0, s), (1.0, s_next)
             if solver == "unipc":
-                k = order or 2
+                k, form, variant = order or 2, "data" if predict_x0 else "noise", solver_type or "bh2"
+                out = x0 if predict_x0 else (x - x0) / s
                 if last_x is not None:  # UniC: correct the previous prediction with the new output
-                    corr = M.unipc_step(levels, lvl, min(k, len(levels)), "data", "bh2", corrector=True)
-                    x = corr.apply(last_x, [x0] + outs[: len(corr.m) - 1]).to(x.dtype)
-                outs.insert(0, x0)
+                    corr = M.unipc_step(levels, lvl, min(k, len(levels)), form, variant, corrector=True)
+                    x = corr.apply(last_x, [out] + outs[: len(corr.m) - 1]).to(x.dtype)
+                outs.insert(0, out)
                 levels.insert(0, lvl)
                 last_x = x
                 kk = 1 if s_next == 0 else min(k, len(outs), n - i)
-                x = M.unipc_step(levels, target, kk, "data", "bh2").apply(x, outs[:kk]).to(x.dtype)
+                x = M.unipc_step(levels, target, kk, form, variant).apply(x, outs[:kk]).to(x.dtype)
             else:
                 default, form, sde, variant = _MULTISTEP[solver]
+                variant = "exact" if solver_type == "heun" else variant
                 out = x0 if form == "data" else (x - x0) / s
                 outs.insert(0, out)
                 levels.insert(0, lvl)

@@ -89,6 +89,15 @@ def _check_args(a: dict) -> None:
         raise ValueError(f"dropout={a['dropout']!r} must be in [0, 1)")
 
 
+def _check_indices(index: torch.Tensor, size: int, name: str, size_name: str) -> None:
+    """Integer indices into an embedding table of ``size`` rows, else ``ValueError`` naming ``name``."""
+    if index.is_floating_point() or index.is_complex():
+        if not torch.equal(index, index.round()):
+            raise ValueError(f"{name} must hold integer indices for the embedding table, got {index.tolist()}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+        raise ValueError(f"{name}={index.tolist()} must lie in [0, {size}) ({size_name}={size})")
+
+
 class UNet2DModel(ModelMixin, ConfigMixin):
     """A 2-D UNet ``(B, in_channels, H, W), t -> (B, out_channels, H, W)``: conv_in, down blocks (each keeping
     skip tensors), a mid block (resnet, attention, resnet), up blocks consuming the skips, GroupNorm-SiLU-conv_out.
@@ -216,6 +225,9 @@ class UNet2DModel(ModelMixin, ConfigMixin):
         return timestep.reshape(-1).to(sample.device).expand(batch)
 
     def _embedding(self, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(self.time_proj, nn.Embedding):
+            _check_indices(timesteps, self.time_proj.num_embeddings, "timestep", "num_train_timesteps")
+            timesteps = timesteps.long()
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype=self.dtype))
         if self.class_embedding is None:
             if class_labels is not None:
@@ -230,6 +242,10 @@ class UNet2DModel(ModelMixin, ConfigMixin):
         if not torch.is_tensor(class_labels):
             raise TypeError(f"class_labels must be a tensor, got {type(class_labels).__name__}")
         class_labels = class_labels.to(emb.device)
+        table = self.class_embedding if isinstance(self.class_embedding, nn.Embedding) else None
+        if table is not None:
+            _check_indices(class_labels, table.num_embeddings, "class_labels", "num_class_embeds")
+            class_labels = class_labels.long()
         if self.config.class_embed_type == "timestep":
             class_labels = self.time_proj(class_labels).to(dtype=self.dtype)
         return emb + self.class_embedding(class_labels).to(dtype=self.dtype)

@@ -87,7 +87,6 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         converted = self.convert_model_output(model_output, sample=sample)
         form, variant = self._output_form(), self.config.solver_type
         if i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None:
-            levels, outputs = self._history(self.this_order)
             levels = [self._levels[i - 1 - j] for j in range(self.this_order)]
             outputs = [self.model_outputs[-1 - j] for j in range(self.this_order)]
             corr = M.unipc_step(levels, self._levels[i], self.this_order, form, variant, corrector=True)
