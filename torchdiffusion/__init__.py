@@ -58,6 +58,11 @@ _LAZY: dict[str, str] = {
     "ImagePipelineOutput": "pipelines.pipeline",
     "DDPMPipeline": "pipelines.ddpm",
     "DDIMPipeline": "pipelines.ddim",
+    "ClassConditionalPipeline": "pipelines.class_conditional",
+    "StableDiffusionImg2ImgPipeline": "pipelines.stable_diffusion_img2img",
+    "StableDiffusionInpaintPipeline": "pipelines.stable_diffusion_inpaint",
+    "StableDiffusionPipeline": "pipelines.stable_diffusion",
+    "StableDiffusionPipelineOutput": "pipelines.sd_common",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -145,6 +145,42 @@ class DiffusionPipeline(ConfigMixin):
                     return p.dtype
         return torch.float32
 
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where the models run (Diffusers' name, used by custom callbacks and loops)."""
+        return self.device
+
+    # ---- memory savers (the pipeline-level names tutorials still call) ---------------------------------
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Compute attention in slices to save memory: ``set_attention_slice(slice_size)`` on every model
+        that has it ("auto": half the heads, "max": one head at a time, an int, or None to turn it off)."""
+        for module in self._modules().values():
+            if hasattr(module, "set_attention_slice"):
+                module.set_attention_slice(slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        self.enable_attention_slicing(None)
+
+    def _vae_call(self, method: str) -> None:
+        vae = getattr(self, "vae", None)
+        if vae is None or not hasattr(vae, method):
+            raise ValueError(f"{method.replace('_', ' ', 1)} needs a `vae` component that supports it")
+        getattr(vae, method)()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time (``vae.enable_slicing()``)."""
+        self._vae_call("enable_slicing")
+
+    def disable_vae_slicing(self) -> None:
+        self._vae_call("disable_slicing")
+
+    def enable_vae_tiling(self) -> None:
+        """Encode/decode large images in overlapping tiles (``vae.enable_tiling()``)."""
+        self._vae_call("enable_tiling")
+
+    def disable_vae_tiling(self) -> None:
+        self._vae_call("disable_tiling")
+
     # ---- progress bar ----------------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Options for the tqdm progress bar of every call (e.g. ``disable=True``)."""
@@ -298,8 +334,9 @@ def _load_component(root, name: str, entry, torch_dtype, variant, use_safetensor
         options: dict[str, Any] = {"subfolder": name}
         options.update({k: v for k, v in hub_kwargs.items() if v is not None})
         if issubclass(component_cls, torch.nn.Module):
-            if torch_dtype is not None:
-                options["torch_dtype"] = torch_dtype
+            if torch_dtype is not None:  # transformers 5 renamed torch_dtype= to dtype= (the old name warns)
+                major = int(transformers.__version__.split(".")[0])
+                options["dtype" if major >= 5 else "torch_dtype"] = torch_dtype
             if use_safetensors is not None:
                 options["use_safetensors"] = use_safetensors
         return component_cls.from_pretrained(os.fspath(root), **options)

@@ -46,6 +46,7 @@ class DPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_lu_lambdas: bool = False,
+        use_ode_tuned_sigmas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
         final_sigmas_type: str = "zero",

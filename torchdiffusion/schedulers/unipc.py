@@ -48,6 +48,7 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
+        use_ode_tuned_sigmas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
         timestep_spacing: str = "linspace",

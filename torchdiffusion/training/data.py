@@ -258,7 +258,8 @@ class HubImageDataset(TrainingDataset):
         except ImportError as err:
             raise ImportError(
                 f"dataset {name!r} is not a folder or an embedded data set ({', '.join(EMBEDDED_DATASETS)}); loading "
-                "it from the Hugging Face Hub needs the optional `datasets` package: pip install 'torchdiffusion[datasets]'"
+                "it from the Hugging Face Hub needs the optional `datasets` package: "
+                "pip install 'torchdiffusion[datasets]'"
             ) from err
         self.transform = ImageTransform(resolution, channels, center_crop, random_flip)
         self.resolution, self.channels = resolution, channels

@@ -144,7 +144,9 @@ class EMAModel:
             for mine, theirs in zip(self.shadow_params, shadows):
                 if mine.shape != theirs.shape:
                     raise ValueError(f"shadow shape {tuple(theirs.shape)} does not match {tuple(mine.shape)}")
-            self.shadow_params = [t.to(device=m.device, dtype=torch.float32).clone() for m, t in zip(self.shadow_params, shadows)]
+            self.shadow_params = [
+                t.to(device=m.device, dtype=torch.float32).clone() for m, t in zip(self.shadow_params, shadows)
+            ]
         for key in ("decay", "min_decay", "inv_gamma", "power"):
             if key in state:
                 setattr(self, key, float(state[key]))

@@ -61,3 +61,22 @@ def residual_add(x: torch.Tensor, residual: torch.Tensor, scale: float = 1.0) ->
         return out / scale if scale != 1 else out
     out = x.add_(residual)
     return out.div_(scale) if scale != 1 else out
+
+
+def _contiguous_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()
+
+
+def channels_last_conv_weights_(model: nn.Module) -> nn.Module:
+    """Store ``model``'s k x k (k > 1) Conv2d weights channels-last, in place (same values), so that :func:`conv2d`
+    on channels-last maps skips its per-call weight reorder (measured: ~10% of an SD UNet forward on CPU).
+    ``model.state_dict()`` still returns plain contiguous tensors (safetensors needs them)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.weight.shape[-1] * module.weight.shape[-2] > 1:
+            module.weight.data = module.weight.data.contiguous(memory_format=_CL)
+    if not getattr(model, "_contiguous_state_dict_hook", False):
+        model._register_state_dict_hook(_contiguous_state_dict)
+        model._contiguous_state_dict_hook = True
+    return model

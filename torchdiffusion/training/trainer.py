@@ -1,0 +1,401 @@
+"""Trainer: a diffusion model + noise scheduler + data -> a trained pipeline folder, on one process or many.
+
+Built on ``accelerate`` (imported here only): the same code runs alone, under ``accelerate launch`` and under
+``torchrun`` (DDP: NCCL on CUDA, gloo on CPU). Everything random in a step is drawn from generators seeded by
+``(seed, step)`` for the *global* batch, each process taking its slice, so a run is reproducible, resumable to
+the bit, and gives the same loss on N processes as on one with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .config import TrainingConfig, lr_lambda
+from .data import BatchPlan, iterate_batches, mix_seed
+from .ema import EMAModel
+from .losses import diffusion_loss, loss_weights, sample_noise, training_target
+from .report import image_grid, loss_plot, save_image, save_json
+
+
+@dataclass
+class TrainingResult:
+    """``output_dir`` (a pipeline folder), the final ``step``, the per-step ``losses`` (global mean)."""
+
+    output_dir: str
+    step: int
+    losses: list[float]
+    pipeline_path: str | None
+
+
+def _accelerator(mixed_precision: str, cpu: bool = False):
+    """An ``accelerate.Accelerator``; in a single process an earlier one's global state is reset first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def _model_output(out: Any) -> torch.Tensor:
+    """The predicted tensor from a model's output (tensor, tuple, or output object with ``sample``)."""
+    if not isinstance(out, torch.Tensor):
+        out = out.sample if hasattr(out, "sample") else out[0]
+    # accelerate's fp32 output wrapper rebuilds an output object from a dict, nesting it one level deeper
+    while isinstance(out, dict) and "sample" in out:
+        out = out["sample"]
+    return out
+
+
+class Trainer:
+    """Train ``model`` (e.g. a :class:`UNet2DModel`) to denoise ``dataset`` items under ``noise_scheduler``.
+
+    ``dataset``: a :class:`~torchdiffusion.training.data.TrainingDataset` (or any map-style data set whose items
+    are ``{"images": (C, H, W) in [-1, 1], "labels": int}``). The model is class-conditional when its config has
+    ``num_class_embeds``; labels are then replaced by the null class ``num_classes`` with probability
+    ``class_dropout_prob`` so the exported pipeline can use classifier-free guidance.
+    ``config``: a :class:`TrainingConfig`; keyword arguments override its fields.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        noise_scheduler: Any,
+        dataset: Any,
+        config: TrainingConfig | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **overrides: Any,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not hasattr(noise_scheduler, "alphas_cumprod"):
+            raise TypeError(
+                "noise_scheduler must be a DDPM-style scheduler with alphas_cumprod, "
+                f"got {type(noise_scheduler).__name__}"
+            )
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__") or len(dataset) == 0:
+            raise ValueError("dataset must be a non-empty map-style data set (len() and [index])")
+        config = (config or TrainingConfig()).replace(**overrides) if overrides else (config or TrainingConfig())
+        self.config = config
+        scheduler_type = noise_scheduler.config.get("prediction_type", "epsilon")
+        self.prediction_type = config.prediction_type or scheduler_type
+        if self.prediction_type != scheduler_type:  # the exported scheduler must decode what the model predicts
+            noise_scheduler = type(noise_scheduler).from_config(
+                noise_scheduler.config, prediction_type=self.prediction_type
+            )
+        self.model, self.noise_scheduler, self.dataset = model, noise_scheduler, dataset
+        self.num_classes = int(getattr(dataset, "num_classes", 0) or 0)
+        model_config = getattr(model, "config", {}) or {}
+        self.class_conditional = model_config.get("num_class_embeds") is not None
+        self.null_class_label: int | None = None
+        if self.class_conditional:
+            table = model_config["num_class_embeds"]
+            if self.num_classes == 0:
+                raise ValueError("the model is class-conditional (num_class_embeds is set) but dataset has no labels")
+            if config.class_dropout_prob > 0:
+                if table < self.num_classes + 1:
+                    raise ValueError(
+                        f"class_dropout_prob={config.class_dropout_prob} needs num_class_embeds >= num_classes + 1 "
+                        f"= {self.num_classes + 1} (the extra class means 'no label'); the model has {table}"
+                    )
+                self.null_class_label = self.num_classes
+            elif table < self.num_classes:
+                raise ValueError(f"num_class_embeds={table} is smaller than the data set's {self.num_classes} classes")
+        self.alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod, dtype=torch.float64).cpu()
+        self._user_optimizer = optimizer
+        self.losses: list[float] = []
+        self.step = 0
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.config
+        mixed = cfg.mixed_precision
+        if mixed == "fp16" and not torch.cuda.is_available():
+            warnings.warn("mixed_precision='fp16' has no autocast on CPU here; training in bf16 (the fast CPU choice)")
+            mixed = "bf16"
+        self.accelerator = acc = _accelerator(mixed)
+        self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        model = self.model.to(acc.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
+            model.enable_gradient_checkpointing()
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self._user_optimizer is not None:
+            optimizer = self._user_optimizer
+        else:
+            fused = acc.device.type in ("cpu", "cuda")
+            optimizer = torch.optim.AdamW(
+                params, lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_epsilon,
+                weight_decay=cfg.weight_decay, fused=fused,
+            )  # fmt: skip
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        self.ema = None
+        if cfg.use_ema:
+            self.ema = EMAModel(
+                model, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, inv_gamma=cfg.ema_inv_gamma,
+                power=cfg.ema_power, update_after_step=cfg.ema_update_after_step,
+            )  # fmt: skip
+        self.wrapped, self.optimizer = acc.prepare(model, optimizer)
+        # drop accelerate's autocast patch of forward (copies of the model for sampling stay plain modules);
+        # the training forward runs under acc.autocast() instead
+        self.unwrapped = acc.unwrap_model(self.wrapped, keep_fp32_wrapper=False)
+        self.plan = BatchPlan(len(self.dataset), cfg.batch_size, cfg.seed, self.world_size, self.rank)
+        self.output_dir = cfg.output_dir
+        self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
+        if self.is_main:
+            os.makedirs(os.path.join(cfg.output_dir, "samples"), exist_ok=True)
+
+    # ---- state --------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs (see :mod:`~torchdiffusion.training.checkpoint`)."""
+        names = [n for n, _ in self.unwrapped.named_parameters()]
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        np_state = np.random.get_state()
+        scaler = getattr(self.accelerator, "scaler", None)
+        return {
+            "model": dict(self.unwrapped.state_dict()),
+            "ema": dict(zip(names, self.ema.shadow_params)) if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "random_states": rng,
+            "trainer": {
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema_optimization_step": self.ema.optimization_step if self.ema else None,
+                "python_random": random.getstate(),
+                "numpy_random": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                "losses": self.losses,
+                "world_size": self.world_size,
+                "config": self.config.to_dict(),
+            },
+        }
+
+    def load_state(self, folder: str) -> None:
+        """Restore a checkpoint written by :meth:`state` / :func:`~.checkpoint.save_checkpoint`."""
+        state = ckpt.load_checkpoint(folder)
+        trainer = state["trainer"]
+        self.unwrapped.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            names = [n for n, _ in self.unwrapped.named_parameters()]
+            self.ema.load_state_dict(
+                {
+                    "shadow_params": [state["ema"][n] for n in names],
+                    "optimization_step": trainer["ema_optimization_step"],
+                }
+            )
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and trainer.get("scaler"):
+            scaler.load_state_dict(trainer["scaler"])
+        rng = state["random_states"] or {}
+        if "torch_cpu" in rng:
+            torch.set_rng_state(rng["torch_cpu"])
+        random.setstate((trainer["python_random"][0], tuple(trainer["python_random"][1]), trainer["python_random"][2]))
+        n = trainer["numpy_random"]
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+        self.losses = list(trainer["losses"])
+        self.step = int(trainer["step"])
+
+    # ---- one step -----------------------------------------------------------------------------------------
+    def _micro_batch(self, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
+        """Loss of this process's part of micro-batch ``micro_step`` (noise etc. drawn for the global batch)."""
+        cfg, device = self.config, self.accelerator.device
+        x0 = batch["images"].to(device, non_blocking=True)
+        b = x0.shape[0]
+        total = b * self.world_size
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, "noise", micro_step))
+        noise = sample_noise((total, *x0.shape[1:]), g, cfg.noise_offset)
+        timesteps = torch.randint(0, len(self.alphas_cumprod), (total,), generator=g)
+        drop = torch.rand(total, generator=g) < cfg.class_dropout_prob
+        part = slice(self.rank * b, (self.rank + 1) * b)
+        noise, timesteps, drop = noise[part].to(device), timesteps[part], drop[part]
+        ab = self.alphas_cumprod[timesteps]
+        alpha_t, sigma_t = ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device)
+        x_t = alpha_t.view(-1, 1, 1, 1) * x0 + sigma_t.view(-1, 1, 1, 1) * noise
+        if cfg.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        kwargs = {}
+        if self.class_conditional:
+            labels = batch["labels"].clone()
+            if self.null_class_label is not None:
+                labels[drop] = self.null_class_label
+            kwargs["class_labels"] = labels.to(device)
+        with self.accelerator.autocast():
+            out = _model_output(self.wrapped(x_t, timesteps.to(device), **kwargs))
+        target = training_target(self.prediction_type, x0, noise, alpha_t, sigma_t)
+        weights = None
+        if cfg.loss_weighting != "none":
+            snr_t = (ab / (1 - ab).clamp(min=1e-20)).float().to(device)
+            weights = loss_weights(snr_t, cfg.loss_weighting, self.prediction_type, cfg.snr_gamma)
+        return diffusion_loss(out, target, weights)
+
+    def _optimizer_step(self, batches) -> float:
+        cfg, acc = self.config, self.accelerator
+        accum = cfg.gradient_accumulation_steps
+        torch.manual_seed(mix_seed(cfg.seed, "torch", self.rank, self.step))  # dropout etc.: a function of the step
+        total = torch.zeros((), device=acc.device)
+        for a in range(accum):
+            micro_step = self.step * accum + a
+            sync = a == accum - 1 or self.world_size == 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.wrapped):
+                loss = self._micro_batch(next(batches), micro_step)
+                acc.backward(loss / accum)
+            total += loss.detach() / accum
+        if cfg.max_grad_norm is not None:
+            acc.clip_grad_norm_(self.wrapped.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.unwrapped)
+        if self.world_size > 1:
+            total = acc.reduce(total, reduction="mean")
+        self.step += 1
+        return float(total)
+
+    # ---- outputs ------------------------------------------------------------------------------------------
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (the model itself without EMA), in eval mode."""
+        model = copy.deepcopy(self.unwrapped).to(memory_format=torch.contiguous_format)
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        return model.eval()
+
+    def pipeline(self) -> Any:
+        """The pipeline of the EMA model: :class:`DDPMPipeline`, or :class:`ClassConditionalPipeline`."""
+        model = self.ema_model()
+        if self.class_conditional:
+            from ..pipelines.class_conditional import ClassConditionalPipeline
+
+            names = getattr(self.dataset, "class_names", None)
+            id2label = {str(i): n for i, n in enumerate(names)} if names else None
+            pipe = ClassConditionalPipeline(model, self.noise_scheduler, self.null_class_label, id2label)
+        else:
+            from ..pipelines.ddpm import DDPMPipeline
+
+            pipe = DDPMPipeline(unet=model, scheduler=self.noise_scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
+        """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with DPM-Solver++ (fixed seeds: comparable grids)."""
+        from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
+
+        pipe = self.pipeline()
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+        options: dict[str, Any] = {
+            "num_inference_steps": num_inference_steps,
+            "generator": generators,
+            "output_type": "pt",
+        }
+        if self.class_conditional:
+            labels = [i % self.num_classes for i in range(num_images)]
+            guidance = self.config.sample_guidance_scale if self.null_class_label is not None else 1.0
+            images = pipe(labels, guidance_scale=guidance, **options).images
+        else:
+            images = pipe(batch_size=num_images, **options).images
+        return images * 2 - 1
+
+    def _write_samples(self) -> None:
+        n = self.config.num_sample_images
+        if n == 0 or self.config.sample_inference_steps == 0:
+            return
+        images = self.sample_images(n, self.config.sample_inference_steps, seed=self.config.seed)
+        cols = self.num_classes if self.class_conditional and n % self.num_classes == 0 else None
+        scale = max(1, 128 // images.shape[-1])
+        grid = image_grid(images, cols=cols, scale=scale)
+        save_image(grid, os.path.join(self.output_dir, "samples", f"step_{self.step:06d}.png"))
+        save_image(grid, os.path.join(self.output_dir, "samples.png"))
+
+    def _write_log(self, history: list[dict], started: float) -> None:
+        save_image(
+            loss_plot(self.losses, title=f"training loss ({self.step} steps)"),
+            os.path.join(self.output_dir, "loss.png"),
+        )
+        save_json(
+            os.path.join(self.output_dir, "train_log.json"),
+            {"step": self.step, "max_steps": self.config.max_steps, "seconds": round(time.time() - started, 2),
+             "world_size": self.world_size, "config": self.config.to_dict(), "history": history},
+        )  # fmt: skip
+
+    def save_pipeline(self, path: str | None = None) -> str:
+        """Write the EMA pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) to ``path`` (default:
+        the output folder itself)."""
+        path = path or self.output_dir
+        self.pipeline().save_pretrained(path)
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def train(self) -> TrainingResult:
+        """Run to ``max_steps`` (resuming first if asked); returns where the pipeline folder is."""
+        from tqdm.auto import tqdm
+
+        self._setup()
+        cfg, acc = self.config, self.accelerator
+        resume = ckpt.resolve_resume(cfg.resume_from_checkpoint, self.checkpoint_dir)
+        if resume is not None:
+            self.load_state(resume)
+        accum = cfg.gradient_accumulation_steps
+        batches = iterate_batches(self.dataset, self.plan, self.step * accum, cfg.dataloader_num_workers)
+        images_per_step = cfg.batch_size * accum * self.world_size
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress_bar and self.is_main),
+                   desc="training", unit="step", dynamic_ncols=True)  # fmt: skip
+        history: list[dict] = []
+        started = last_time = time.time()
+        last_step = self.step
+        while self.step < cfg.max_steps:
+            loss = self._optimizer_step(batches)
+            self.losses.append(loss)
+            bar.update(1)
+            step = self.step
+            if step % cfg.log_steps == 0 or step == cfg.max_steps:
+                now = time.time()
+                rate = (step - last_step) * images_per_step / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                recent = self.losses[-cfg.log_steps :]
+                entry = {
+                    "step": step,
+                    "loss": round(sum(recent) / len(recent), 5),
+                    "lr": self.lr_scheduler.get_last_lr()[0],
+                    "images_per_s": round(rate, 1),
+                    "epoch": round(self.plan.epoch_of(step * accum), 2),
+                }
+                history.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
+                if self.is_main and (step % (cfg.log_steps * 10) == 0 or step == cfg.max_steps):
+                    self._write_log(history, started)
+            if step % cfg.checkpointing_steps == 0 and step < cfg.max_steps and self.is_main:
+                ckpt.save_checkpoint(self.checkpoint_dir, step, self.state(), cfg.checkpoints_total_limit)
+            if step % cfg.sample_steps == 0 and self.is_main:
+                self._write_samples()
+        bar.close()
+        acc.wait_for_everyone()
+        path = None
+        if self.is_main:
+            self._write_log(history, started)
+            if not os.path.isdir(os.path.join(self.checkpoint_dir, ckpt.checkpoint_name(self.step))):
+                ckpt.save_checkpoint(self.checkpoint_dir, self.step, self.state(), cfg.checkpoints_total_limit)
+            if self.step % cfg.sample_steps != 0:
+                self._write_samples()
+            path = self.save_pipeline()
+        acc.wait_for_everyone()
+        return TrainingResult(self.output_dir, self.step, list(self.losses), path)
