@@ -44,8 +44,13 @@ VAE_KWARGS: dict[str, Any] = dict(
     norm_num_groups=4,
 )
 SCHEDULER_KWARGS: dict[str, Any] = dict(  # SD's PNDM scheduler config
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
 )
 
 
@@ -63,7 +68,9 @@ def _byte_chars() -> list[str]:
 MERGES = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "a n", "p h", "o t", "ph ot", "phot o</w>"]
 
 
-def write_clip_tokenizer(folder: str | os.PathLike, model_max_length: int = MODEL_MAX_LENGTH, pad_token: str | None = None):
+def write_clip_tokenizer(
+    folder: str | os.PathLike, model_max_length: int = MODEL_MAX_LENGTH, pad_token: str | None = None
+):
     """Write vocab.json + merges.txt + tokenizer_config.json of a tiny CLIP tokenizer; return the vocab size."""
     os.makedirs(folder, exist_ok=True)
     chars = _byte_chars()
@@ -92,9 +99,16 @@ def tiny_text_encoder(tokenizer, seed: int = 0, with_projection: bool = False, *
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = dict(
-        vocab_size=len(tokenizer), hidden_size=CROSS_DIM, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=3, max_position_embeddings=MODEL_MAX_LENGTH, projection_dim=CROSS_DIM,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=CROSS_DIM,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        projection_dim=CROSS_DIM,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         hidden_act="quick_gelu",
     )
     config.update(overrides)
@@ -136,3 +150,150 @@ def save_tiny_sd(folder: str | os.PathLike, seed: int = 0, inpaint: bool = False
     pipe = cls(**parts, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return os.fspath(folder)
+
+
+# ---- original (LDM) checkpoint layout, written independently of torchdiffusion.single_file ------------------
+
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def unet_to_ldm(state: dict, layers_per_block: int) -> dict:
+    """Diffusers UNet2DConditionModel keys -> ``model.diffusion_model.*`` keys of an original SD checkpoint."""
+    import re
+
+    n = layers_per_block + 1
+    has_attn = {int(k.split(".")[1]) for k in state if k.startswith("up_blocks.") and ".attentions." in k}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        top = {
+            "conv_in": "input_blocks.0.0",
+            "time_embedding.linear_1": "time_embed.0",
+            "time_embedding.linear_2": "time_embed.2",
+            "conv_norm_out": "out.0",
+            "conv_out": "out.2",
+            "add_embedding.linear_1": "label_emb.0.0",
+            "add_embedding.linear_2": "label_emb.0.2",
+            "class_embedding.linear_1": "label_emb.0.0",
+            "class_embedding.linear_2": "label_emb.0.2",
+        }
+        head = ".".join(parts[:-1])
+        if head in top:
+            new = f"{top[head]}.{parts[-1]}"
+        elif m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
+            if kind == "resnets":
+                name, _, tail = rest.partition(".")
+                new = f"input_blocks.{1 + b * n + i}.0.{_RESNET_TO_LDM[name]}.{tail}"
+            else:
+                new = f"input_blocks.{1 + b * n + i}.1.{rest}"
+        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+            new = f"input_blocks.{1 + int(m[1]) * n + layers_per_block}.0.op.{m[2]}"
+        elif m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            if m[1] == "attentions":
+                new = f"middle_block.1.{m[3]}"
+            else:
+                name, _, tail = m[3].partition(".")
+                new = f"middle_block.{2 * int(m[2])}.{_RESNET_TO_LDM[name]}.{tail}"
+        elif m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
+            if kind == "resnets":
+                name, _, tail = rest.partition(".")
+                new = f"output_blocks.{b * n + i}.0.{_RESNET_TO_LDM[name]}.{tail}"
+            else:
+                new = f"output_blocks.{b * n + i}.1.{rest}"
+        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+            b = int(m[1])
+            new = f"output_blocks.{b * n + layers_per_block}.{2 if b in has_attn else 1}.conv.{m[2]}"
+        else:
+            raise KeyError(key)
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def vae_to_ldm(state: dict) -> dict:
+    """Diffusers AutoencoderKL keys -> ``first_stage_model.*`` keys (attention weights as 1x1 convs)."""
+    import re
+
+    levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down_blocks.")})
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for key, value in state.items():
+        new = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+        if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(.*)", new):
+            new = f"encoder.down.{m[1]}.block.{m[2]}"
+        elif m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.*)", new):
+            new = f"encoder.down.{m[1]}.downsample.{m[2]}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(.*)", new):
+            new = f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", new):
+            new = f"decoder.up.{levels - 1 - int(m[1])}.upsample.{m[2]}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", new):
+            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)", new):
+            new = f"{m[1]}.mid.attn_1.{attn[m[2]]}.{m[3]}"
+            if m[3] == "weight" and m[2] != "group_norm":
+                value = value[:, :, None, None]
+        out["first_stage_model." + new] = value
+    return out
+
+
+def clip_to_ldm(state: dict) -> dict:
+    """transformers CLIPTextModel keys -> SD 1.x ``cond_stage_model.transformer.text_model.*`` keys."""
+    return {
+        "cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+        for k, v in state.items()
+    }
+
+
+def clip_to_openclip(state: dict, seed: int = 0) -> dict:
+    """transformers CLIPTextModel keys -> SD 2.x ``cond_stage_model.model.*`` OpenCLIP keys, plus one extra last
+    block (SD 2 reads the penultimate layer) and the unused text projection."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    layers = len({k.split(".")[2] for k in state if k.startswith("encoder.layers.")})
+    hidden = state["embeddings.token_embedding.weight"].shape[1]
+    p = "cond_stage_model.model."
+    out = {
+        p + "token_embedding.weight": state["embeddings.token_embedding.weight"],
+        p + "positional_embedding": state["embeddings.position_embedding.weight"],
+        p + "ln_final.weight": state["final_layer_norm.weight"],
+        p + "ln_final.bias": state["final_layer_norm.bias"],
+        p + "text_projection": torch.randn(hidden, hidden),
+        p + "logit_scale": torch.tensor(4.6),
+    }
+    g = torch.Generator().manual_seed(seed)
+    for i in range(layers + 1):
+
+        def get(name, shape, i=i):
+            key = f"encoder.layers.{i}.{name}"
+            return state[key] if i < layers else torch.randn(shape, generator=g)
+
+        b = f"{p}transformer.resblocks.{i}."
+        inter = state["encoder.layers.0.mlp.fc1.weight"].shape[0]
+        for t in ("weight", "bias"):
+            shape = (hidden, hidden) if t == "weight" else (hidden,)
+            out[b + f"attn.in_proj_{t}"] = torch.cat([get(f"self_attn.{x}_proj.{t}", shape) for x in "qkv"])
+            out[b + f"attn.out_proj.{t}"] = get(f"self_attn.out_proj.{t}", shape)
+            out[b + f"ln_1.{t}"] = get(f"layer_norm1.{t}", (hidden,))
+            out[b + f"ln_2.{t}"] = get(f"layer_norm2.{t}", (hidden,))
+            out[b + f"mlp.c_fc.{t}"] = get(f"mlp.fc1.{t}", (inter, hidden) if t == "weight" else (inter,))
+            out[b + f"mlp.c_proj.{t}"] = get(f"mlp.fc2.{t}", (hidden, inter) if t == "weight" else (hidden,))
+    return out
+
+
+def pipeline_to_ldm(pipe, openclip: bool = False) -> dict:
+    """One original-layout checkpoint dict holding a pipeline's UNet, VAE and text encoder (+ LDM extras)."""
+    state = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config.layers_per_block)
+    state.update(vae_to_ldm(pipe.vae.state_dict()))
+    te = pipe.text_encoder.state_dict()
+    state.update(clip_to_openclip(te) if openclip else clip_to_ldm(te))
+    state["alphas_cumprod"] = torch.linspace(1, 0, 1000)  # LDM extras a loader must skip
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    return {k: v.contiguous() for k, v in state.items()}

@@ -18,25 +18,43 @@ from typing import Any
 
 import torch
 
-UNET_PREFIX, CLIP_PREFIX, OPENCLIP_PREFIX = "model.diffusion_model.", "cond_stage_model.transformer.", "cond_stage_model.model."
+UNET_PREFIX, CLIP_PREFIX, OPENCLIP_PREFIX = (
+    "model.diffusion_model.",
+    "cond_stage_model.transformer.",
+    "cond_stage_model.model.",
+)
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 SD_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False, prediction_type="epsilon",
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    clip_sample=False,
+    prediction_type="epsilon",
 )
 _UNET_TOP = {
-    "time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
-    "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
+    "time_embed.0.": "time_embedding.linear_1.",
+    "time_embed.2.": "time_embedding.linear_2.",
+    "input_blocks.0.0.": "conv_in.",
+    "out.0.": "conv_norm_out.",
+    "out.2.": "conv_out.",
 }
 _UNET_RESNET = {
-    "in_layers.0.": "norm1.", "in_layers.2.": "conv1.", "emb_layers.1.": "time_emb_proj.",
-    "out_layers.0.": "norm2.", "out_layers.3.": "conv2.", "skip_connection.": "conv_shortcut.",
+    "in_layers.0.": "norm1.",
+    "in_layers.2.": "conv1.",
+    "emb_layers.1.": "time_emb_proj.",
+    "out_layers.0.": "norm2.",
+    "out_layers.3.": "conv2.",
+    "skip_connection.": "conv_shortcut.",
 }
 _VAE_ATTN = {"norm.": "group_norm.", "q.": "to_q.", "k.": "to_k.", "v.": "to_v.", "proj_out.": "to_out.0."}
 
 
 def _strip(state: dict, prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _part(state: dict, what: str) -> dict[str, torch.Tensor]:
@@ -75,8 +93,11 @@ def unet_config_from_checkpoint(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     channels = [level[0][0] for level in levels]
     depths = [level[0][1] for level in levels]
     up_attn = [
-        any(k.startswith(f"output_blocks.{b * (layers + 1) + j}.1.transformer_blocks.") for k in sd
-            for j in range(layers + 1))
+        any(
+            k.startswith(f"output_blocks.{b * (layers + 1) + j}.1.transformer_blocks.")
+            for k in sd
+            for j in range(layers + 1)
+        )
         for b in range(len(levels))
     ]
     cross = next((v.shape[1] for k, v in sd.items() if k.endswith("attn2.to_k.weight")), None)
@@ -88,7 +109,7 @@ def unet_config_from_checkpoint(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
         layers_per_block=layers,
         block_out_channels=channels,
         down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths],
-        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(up_attn)],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn],
         cross_attention_dim=cross,
         attention_head_dim=[max(c // 64, 1) for c in channels] if linear else 8,
         use_linear_projection=linear,
@@ -128,26 +149,28 @@ def convert_unet_state_dict(sd: dict[str, torch.Tensor], config: dict[str, Any])
 def _resnet_key(rest: str) -> str | None:
     for old, new in _UNET_RESNET.items():
         if rest.startswith(old):
-            return new + rest[len(old):]
+            return new + rest[len(old) :]
     return None
 
 
 def _unet_key(key: str, per_level: int, label: str) -> str | None:
     for old, new in _UNET_TOP.items():
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     if key.startswith("label_emb."):
         m = re.match(r"label_emb\.0\.([02])\.(.*)", key)
         if m:
             return f"{label}.linear_{1 if m.group(1) == '0' else 2}.{m.group(2)}"
-        return "class_embedding." + key[len("label_emb."):]
+        return "class_embedding." + key[len("label_emb.") :]
     m = re.match(r"(input_blocks|middle_block|output_blocks)\.(\d+)\.(?:(\d+)\.)?(.*)", key)
     if not m:
         return None
     kind, i, j, rest = m.group(1), int(m.group(2)), m.group(3), m.group(4)
     if kind == "middle_block":
         rest = f"{j}.{rest}" if j is not None else rest
-        return f"mid_block.attentions.0.{rest}" if i == 1 else _prefixed(f"mid_block.resnets.{i // 2}.", _resnet_key(rest))
+        return (
+            f"mid_block.attentions.0.{rest}" if i == 1 else _prefixed(f"mid_block.resnets.{i // 2}.", _resnet_key(rest))
+        )
     if j is None:
         return None
     j = int(j)
@@ -218,7 +241,7 @@ def _vae_key(key: str, levels: int) -> str | None:
     half, rest = m.groups()
     rest = rest.replace("nin_shortcut.", "conv_shortcut.")
     if rest.startswith("norm_out."):
-        return f"{half}.conv_norm_out.{rest[len('norm_out.'):]}"
+        return f"{half}.conv_norm_out.{rest[len('norm_out.') :]}"
     if rest.startswith(("conv_in.", "conv_out.")):
         return f"{half}.{rest}"
     m = re.match(r"mid\.block_([12])\.(.*)", rest)
@@ -228,7 +251,7 @@ def _vae_key(key: str, levels: int) -> str | None:
     if m:
         for old, new in _VAE_ATTN.items():
             if m.group(1).startswith(old):
-                return f"{half}.mid_block.attentions.0.{new}{m.group(1)[len(old):]}"
+                return f"{half}.mid_block.attentions.0.{new}{m.group(1)[len(old) :]}"
         return None
     m = re.match(r"(down|up)\.(\d+)\.(block\.(\d+)|downsample|upsample)\.(.*)", rest)
     if not m:
@@ -251,17 +274,27 @@ def text_encoder_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
         return {k: v for k, v in sd.items() if not k.endswith("position_ids")}, "clip"
     sd = _strip(state, OPENCLIP_PREFIX)
     if not sd:
-        raise ValueError(f"the checkpoint holds no text encoder (no keys starting with {CLIP_PREFIX} or {OPENCLIP_PREFIX})")
+        raise ValueError(
+            f"the checkpoint holds no text encoder (no keys starting with {CLIP_PREFIX} or {OPENCLIP_PREFIX})"
+        )
     last = _count(sd, r"transformer\.resblocks\.(\d+)\.") - 1  # SD 2 reads the penultimate layer: drop the last
-    renames = {"ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.", "attn.out_proj.": "self_attn.out_proj.",
-               "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2."}
+    renames = {
+        "ln_1.": "layer_norm1.",
+        "ln_2.": "layer_norm2.",
+        "attn.out_proj.": "self_attn.out_proj.",
+        "mlp.c_fc.": "mlp.fc1.",
+        "mlp.c_proj.": "mlp.fc2.",
+    }
     out = {}
     for key, value in sd.items():
         m = re.match(r"transformer\.resblocks\.(\d+)\.(.*)", key)
         if m is None:
-            top = {"token_embedding.weight": "embeddings.token_embedding.weight",
-                   "positional_embedding": "embeddings.position_embedding.weight",
-                   "ln_final.weight": "final_layer_norm.weight", "ln_final.bias": "final_layer_norm.bias"}
+            top = {
+                "token_embedding.weight": "embeddings.token_embedding.weight",
+                "positional_embedding": "embeddings.position_embedding.weight",
+                "ln_final.weight": "final_layer_norm.weight",
+                "ln_final.bias": "final_layer_norm.bias",
+            }
             if key in top:
                 out["text_model." + top[key]] = value
             continue  # text_projection, logit_scale, attn_mask: not part of the text encoder SD uses
@@ -270,13 +303,13 @@ def text_encoder_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, t
             continue
         prefix = f"text_model.encoder.layers.{layer}."
         if rest.startswith("attn.in_proj_"):
-            suffix = rest[len("attn.in_proj_"):]
+            suffix = rest[len("attn.in_proj_") :]
             for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0)):
                 out[f"{prefix}self_attn.{name}_proj.{suffix}"] = chunk.clone()
             continue
         for old, new in renames.items():
             if rest.startswith(old):
-                out[prefix + new + rest[len(old):]] = value
+                out[prefix + new + rest[len(old) :]] = value
                 break
         else:
             raise ValueError(f"unknown OpenCLIP key in the checkpoint: {OPENCLIP_PREFIX}{key}")
@@ -287,13 +320,17 @@ def text_encoder_config(sd: dict[str, torch.Tensor], kind: str) -> dict[str, Any
     """A ``CLIPTextConfig`` (as a dict) from the shapes (heads: hidden size / 64, as in CLIP-L and OpenCLIP-H)."""
     vocab, hidden = sd["text_model.embeddings.token_embedding.weight"].shape
     return dict(
-        vocab_size=vocab, hidden_size=hidden, num_attention_heads=max(hidden // 64, 1),
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_attention_heads=max(hidden // 64, 1),
         intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         num_hidden_layers=_count(sd, r"text_model\.encoder\.layers\.(\d+)\."),
         max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
         hidden_act="quick_gelu" if kind == "clip" else "gelu",
         projection_dim=768 if kind == "clip" else 512,
-        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=1 if kind == "clip" else 0,
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
+        pad_token_id=1 if kind == "clip" else 0,
     )
 
 
@@ -308,7 +345,7 @@ def build_text_encoder(state: dict, config_dir: str | None = None, torch_dtype=N
         config = CLIPTextConfig(**text_encoder_config(sd, kind))
     model = CLIPTextModel(config)
     if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
-        sd = {k[len("text_model."):]: v for k, v in sd.items()}
+        sd = {k[len("text_model.") :]: v for k, v in sd.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

@@ -10,8 +10,13 @@ from torchdiffusion.training import checkpoint as ckpt
 def _state(value=1.0):
     model = {"w": torch.full((2, 2), value)}
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
-    return {"model": model, "ema": model, "optimizer": opt.state_dict(), "random_states": {"torch_cpu": torch.get_rng_state()},
-            "trainer": {"losses": [0.5]}}  # fmt: skip
+    return {
+        "model": model,
+        "ema": model,
+        "optimizer": opt.state_dict(),
+        "random_states": {"torch_cpu": torch.get_rng_state()},
+        "trainer": {"losses": [0.5]},
+    }
 
 
 def test_save_load_latest_and_prune(tmp_path):

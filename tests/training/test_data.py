@@ -121,7 +121,11 @@ def test_transform_resize_crop_flip():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"resolution": 0}, "resolution"), ({"resolution": 8, "channels": 2}, "channels"), ({"resolution": 1.5}, "resolution")],
+    [
+        ({"resolution": 0}, "resolution"),
+        ({"resolution": 8, "channels": 2}, "channels"),
+        ({"resolution": 1.5}, "resolution"),
+    ],
 )
 def test_transform_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -112,6 +112,13 @@ class AutoencoderKL(ModelMixin, ConfigMixin):
         channels_last_conv_weights_(self)
 
     # ---- switches (Diffusers' names) --------------------------------------------------------------------
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path_or_dict: object, **kwargs: object):
+        """Load from an original LDM checkpoint file (see :mod:`torchdiffusion.single_file`); never downloads."""
+        from ..single_file import load_model_from_single_file
+
+        return load_model_from_single_file(cls, pretrained_model_link_or_path_or_dict, **kwargs)
+
     def enable_slicing(self) -> None:
         """Encode/decode a batch one sample at a time (less memory, same result)."""
         self.use_slicing = True

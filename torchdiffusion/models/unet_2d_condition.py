@@ -162,6 +162,13 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
     def _sliceable(self) -> list[nn.Module]:
         return [m for m in self.modules() if m is not self and hasattr(m, "set_attention_slice")]
 
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path_or_dict: Any, **kwargs: Any):
+        """Load from an original LDM checkpoint file (see :mod:`torchdiffusion.single_file`); never downloads."""
+        from ..single_file import load_model_from_single_file
+
+        return load_model_from_single_file(cls, pretrained_model_link_or_path_or_dict, **kwargs)
+
     def set_attention_slice(self, slice_size: str | int | Sequence[int | None] | None = "auto") -> None:
         """Compute attention in slices of heads to save memory: ``"auto"`` (half the heads), ``"max"`` (one head at
         a time), an int (heads per slice, everywhere), a list (one entry per attention layer) or None (off)."""

@@ -181,6 +181,14 @@ class StableDiffusionMixin(DiffusionPipeline):
         else:
             _CALLS.states[id(self)] = previous
 
+    @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path_or_dict: Any, **kwargs: Any):
+        """Build the pipeline from one original SD 1.x / 2.x checkpoint (``.safetensors`` or ``.ckpt``); see
+        :func:`torchdiffusion.single_file.load_pipeline_from_single_file`. Never downloads."""
+        from ..single_file import load_pipeline_from_single_file
+
+        return load_pipeline_from_single_file(cls, pretrained_model_link_or_path_or_dict, **kwargs)
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent pixel: 2 ** (number of VAE levels - 1), 8 for Stable Diffusion."""
@@ -316,7 +324,8 @@ class StableDiffusionMixin(DiffusionPipeline):
             ):
                 shape = tuple(getattr(negative_prompt_embeds, "shape", ()))
                 raise ValueError(
-                    f"negative_prompt_embeds must have the shape of prompt_embeds {tuple(prompt_embeds.shape)}, got {shape}"
+                    f"negative_prompt_embeds must have the shape of prompt_embeds {tuple(prompt_embeds.shape)}, "
+                    f"got {shape}"
                 )
         if timesteps is None and sigmas is None:
             check_positive_int(num_inference_steps, "num_inference_steps")

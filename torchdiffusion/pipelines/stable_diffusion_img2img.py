@@ -83,14 +83,31 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionMixin):
             raise ValueError("image is missing: pass the image to transform")
         check_finite_number(strength, "strength", 0.0, 1.0)
         total = self._check_common(
-            prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, num_inference_steps, timesteps, sigmas,
-            guidance_scale, guidance_rescale, num_images_per_prompt, eta, generator, output_type, clip_skip,
-            cross_attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            prompt,
+            prompt_embeds,
+            negative_prompt,
+            negative_prompt_embeds,
+            num_inference_steps,
+            timesteps,
+            sigmas,
+            guidance_scale,
+            guidance_rescale,
+            num_images_per_prompt,
+            eta,
+            generator,
+            output_type,
+            clip_skip,
+            cross_attention_kwargs,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
-        pixels = preprocess_image(image, vae_scale_factor=self.vae_scale_factor,
-                                  latent_channels=self.vae.config.latent_channels)
+        pixels = preprocess_image(
+            image, vae_scale_factor=self.vae_scale_factor, latent_channels=self.vae.config.latent_channels
+        )
         call, previous = self._begin_call(
-            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, clip_skip=clip_skip,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            clip_skip=clip_skip,
             cross_attention_kwargs=cross_attention_kwargs,
         )
         try:
@@ -98,8 +115,14 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionMixin):
                 device = self.device
                 cfg = self.do_classifier_free_guidance
                 prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-                    prompt, device, num_images_per_prompt, cfg, negative_prompt, prompt_embeds=prompt_embeds,
-                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip,
+                    prompt,
+                    device,
+                    num_images_per_prompt,
+                    cfg,
+                    negative_prompt,
+                    prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_prompt_embeds,
+                    clip_skip=clip_skip,
                 )
                 scheduler = fresh_scheduler(self.scheduler)
                 steps = set_timesteps(scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas)
@@ -115,8 +138,15 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionMixin):
                 }
                 predict = self._predictor(self._timestep_cond(total, guidance_scale, device, latents.dtype))
                 latents = denoise(
-                    self, scheduler, latents, predict, steps, generator=generator, step_options={"eta": eta},
-                    state=state, callback_on_step_end=callback_on_step_end,
+                    self,
+                    scheduler,
+                    latents,
+                    predict,
+                    steps,
+                    generator=generator,
+                    step_options={"eta": eta},
+                    state=state,
+                    callback_on_step_end=callback_on_step_end,
                     callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 )
                 return self._finish(latents, output_type, return_dict, prompt_embeds.dtype)

@@ -80,9 +80,23 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         height, width = self._default_size(height, width)
         self._check_size(height, width)
         total = self._check_common(
-            prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, num_inference_steps, timesteps, sigmas,
-            guidance_scale, guidance_rescale, num_images_per_prompt, eta, generator, output_type, clip_skip,
-            cross_attention_kwargs, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            prompt,
+            prompt_embeds,
+            negative_prompt,
+            negative_prompt_embeds,
+            num_inference_steps,
+            timesteps,
+            sigmas,
+            guidance_scale,
+            guidance_rescale,
+            num_images_per_prompt,
+            eta,
+            generator,
+            output_type,
+            clip_skip,
+            cross_attention_kwargs,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
         f = self.vae_scale_factor
         pixels = preprocess_image(image, height, width, f, latent_channels=None)
@@ -93,33 +107,79 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         if masked_image_latents is not None and (
             not isinstance(masked_image_latents, torch.Tensor) or masked_image_latents.shape[1:] != shape[1:]
         ):
-            raise ValueError(f"masked_image_latents must have shape (batch, {latent_channels}, {height // f}, "
-                             f"{width // f}), got {tuple(getattr(masked_image_latents, 'shape', ()))}")
+            raise ValueError(
+                f"masked_image_latents must have shape (batch, {latent_channels}, {height // f}, "
+                f"{width // f}), got {tuple(getattr(masked_image_latents, 'shape', ()))}"
+            )
         call, previous = self._begin_call(
-            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, clip_skip=clip_skip,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            clip_skip=clip_skip,
             cross_attention_kwargs=cross_attention_kwargs,
         )
         try:
             with torch.inference_mode():
                 return self._inpaint(
-                    call, prompt, pixels, mask, masked_image_latents, num_inference_steps, timesteps, sigmas,
-                    strength, negative_prompt, num_images_per_prompt, eta, generator, latents, prompt_embeds,
-                    negative_prompt_embeds, output_type, return_dict, total, callback_on_step_end,
+                    call,
+                    prompt,
+                    pixels,
+                    mask,
+                    masked_image_latents,
+                    num_inference_steps,
+                    timesteps,
+                    sigmas,
+                    strength,
+                    negative_prompt,
+                    num_images_per_prompt,
+                    eta,
+                    generator,
+                    latents,
+                    prompt_embeds,
+                    negative_prompt_embeds,
+                    output_type,
+                    return_dict,
+                    total,
+                    callback_on_step_end,
                     callback_on_step_end_tensor_inputs,
                 )
         finally:
             self._end_call(previous)
 
     def _inpaint(
-        self, call, prompt, pixels, mask, masked_image_latents, num_inference_steps, timesteps, sigmas, strength,
-        negative_prompt, num_images_per_prompt, eta, generator, latents, prompt_embeds, negative_prompt_embeds,
-        output_type, return_dict, total, callback_on_step_end, callback_on_step_end_tensor_inputs,
+        self,
+        call,
+        prompt,
+        pixels,
+        mask,
+        masked_image_latents,
+        num_inference_steps,
+        timesteps,
+        sigmas,
+        strength,
+        negative_prompt,
+        num_images_per_prompt,
+        eta,
+        generator,
+        latents,
+        prompt_embeds,
+        negative_prompt_embeds,
+        output_type,
+        return_dict,
+        total,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
     ):
         device = self.device
         cfg = self.do_classifier_free_guidance
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, cfg, negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, clip_skip=call.clip_skip,
+            prompt,
+            device,
+            num_images_per_prompt,
+            cfg,
+            negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            clip_skip=call.clip_skip,
         )
         dtype = prompt_embeds.dtype
         scheduler = fresh_scheduler(self.scheduler)
@@ -130,6 +190,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         full_strength = strength == 1.0
         blend = self.unet.config.in_channels == self.vae.config.latent_channels
 
+        if isinstance(generator, (list, tuple)):  # one generator per image: each image is encoded with its own
+            pixels = expand_to_batch(pixels, total, "image")
+            mask = expand_to_batch(mask, total, "mask_image")
         # Initial latents: pure noise at strength 1, else the image's latents noised to the first timestep.
         image_latents = None
         if blend or (latents is None and not full_strength):
@@ -149,8 +212,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         if masked_image_latents is None:
             masked_image_latents = self._encode_images(pixels * (mask < 0.5), generator)
         masked_image_latents = expand_to_batch(masked_image_latents.to(device=device, dtype=dtype), total, "image")
-        small_mask = expand_to_batch(F.interpolate(mask, size=(h, w)).to(device=device, dtype=dtype), total,
-                                     "mask_image")
+        small_mask = expand_to_batch(
+            F.interpolate(mask, size=(h, w)).to(device=device, dtype=dtype), total, "mask_image"
+        )
         state = {
             "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds,
             "negative_prompt_embeds": negative_prompt_embeds,
@@ -159,18 +223,27 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         }
         after_step = None
         if blend:
+
             def after_step(x: torch.Tensor, i: int, t: torch.Tensor, state: dict) -> torch.Tensor:
                 known = image_latents
                 if i < len(steps) - 1:
-                    known = scheduler.add_noise(image_latents, noise, steps[i + 1: i + 2])
+                    known = scheduler.add_noise(image_latents, noise, steps[i + 1 : i + 2])
                 keep = state["mask"][: x.shape[0]]
                 return (1 - keep) * known + keep * x
 
         extra = () if blend else ("mask", "masked_image_latents")
         predict = self._predictor(self._timestep_cond(total, call.guidance_scale, device, dtype), extra_inputs=extra)
         latents = denoise(
-            self, scheduler, latents, predict, steps, generator=generator, step_options={"eta": eta}, state=state,
-            after_step=after_step, callback_on_step_end=callback_on_step_end,
+            self,
+            scheduler,
+            latents,
+            predict,
+            steps,
+            generator=generator,
+            step_options={"eta": eta},
+            state=state,
+            after_step=after_step,
+            callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         return self._finish(latents, output_type, return_dict, dtype)

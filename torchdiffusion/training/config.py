@@ -58,6 +58,7 @@ class TrainingConfig:
     seed: int = 0
     resume_from_checkpoint: str | None = None
     dataloader_num_workers: int = 0
+    time_limit_minutes: float | None = None  # after a few steps, lower max_steps to finish in about this time
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +113,8 @@ class TrainingConfig:
         number("sample_guidance_scale", 0.0)
         if self.max_grad_norm is not None:
             number("max_grad_norm", 0.0, open_lo=True)
+        if self.time_limit_minutes is not None:
+            number("time_limit_minutes", 0.0, open_lo=True)
         betas = self.adam_betas
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
@@ -130,9 +133,10 @@ class TrainingConfig:
 def lr_lambda(config: TrainingConfig):
     """Multiplier of the base learning rate at optimizer step ``s`` (0-based): linear warm-up over
     ``lr_warmup_steps``, then constant, cosine or linear decay to 0 at ``max_steps``."""
-    warmup, total, kind = config.lr_warmup_steps, config.max_steps, config.lr_schedule
+    warmup, kind = config.lr_warmup_steps, config.lr_schedule
 
     def factor(s: int) -> float:
+        total = config.max_steps  # read at each step: a time limit may lower it during the run
         if s < warmup:
             return (s + 1) / (warmup + 1)
         if kind == "constant":

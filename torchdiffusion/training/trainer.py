@@ -38,8 +38,11 @@ class TrainingResult:
     pipeline_path: str | None
 
 
-def _accelerator(mixed_precision: str, cpu: bool = False):
-    """An ``accelerate.Accelerator``; in a single process an earlier one's global state is reset first."""
+def _accelerator(mixed_precision: str):
+    """An ``accelerate.Accelerator``; in a single process an earlier one's global state is reset first.
+
+    Several processes without CUDA (``torchrun`` / ``accelerate launch`` on CPUs) run DDP over gloo.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
@@ -47,6 +50,7 @@ def _accelerator(mixed_precision: str, cpu: bool = False):
     if not distributed and AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
+    cpu = distributed and not torch.cuda.is_available()
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
@@ -201,7 +205,13 @@ class Trainer:
             )
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+        self.step = int(trainer["step"])
+        # the LR schedule is a function of the step under the *current* config (so max_steps may be extended)
+        factor = lr_lambda(self.config)(self.step)
+        self.lr_scheduler.last_epoch = self.step
+        for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
+            group["lr"] = base * factor
+        self.lr_scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and trainer.get("scaler"):
             scaler.load_state_dict(trainer["scaler"])
@@ -212,7 +222,6 @@ class Trainer:
         n = trainer["numpy_random"]
         np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
         self.losses = list(trainer["losses"])
-        self.step = int(trainer["step"])
 
     # ---- one step -----------------------------------------------------------------------------------------
     def _micro_batch(self, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
@@ -298,9 +307,10 @@ class Trainer:
     def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
         """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with DPM-Solver++ (fixed seeds: comparable grids)."""
         from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
+        from .recipes import swap_scheduler
 
         pipe = self.pipeline()
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
+        pipe.scheduler = swap_scheduler(DPMSolverMultistepScheduler, self.noise_scheduler.config)
         generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
         options: dict[str, Any] = {
             "num_inference_steps": num_inference_steps,
@@ -344,6 +354,16 @@ class Trainer:
         self.pipeline().save_pretrained(path)
         return path
 
+    def _fit_time_limit(self, seconds: float, steps: int, started: float) -> None:
+        """Lower ``max_steps`` so the run ends within ``time_limit_minutes`` (measured speed, with a margin for
+        sampling and saving)."""
+        cfg = self.config
+        left = cfg.time_limit_minutes * 60 - (time.time() - started) - 10
+        fit = self.step + int(max(0.0, left) / max(seconds / steps, 1e-6))
+        if fit < cfg.max_steps:
+            cfg.max_steps = max(self.step + 1, fit)
+            cfg.checkpointing_steps = min(cfg.checkpointing_steps, cfg.max_steps)
+
     # ---- the loop -----------------------------------------------------------------------------------------
     def train(self) -> TrainingResult:
         """Run to ``max_steps`` (resuming first if asked); returns where the pipeline folder is."""
@@ -362,7 +382,14 @@ class Trainer:
         history: list[dict] = []
         started = last_time = time.time()
         last_step = self.step
+        budget_checked, first_step, probe_time = cfg.time_limit_minutes is None, self.step, 0.0
         while self.step < cfg.max_steps:
+            if not budget_checked and self.step - first_step == 2:
+                probe_time = time.time()  # the first steps are slower (allocation): measure from the third on
+            elif not budget_checked and self.step - first_step == 12:
+                self._fit_time_limit(time.time() - probe_time, 10, started)
+                budget_checked = True
+                bar.total = cfg.max_steps
             loss = self._optimizer_step(batches)
             self.losses.append(loss)
             bar.update(1)

@@ -1,10 +1,12 @@
-"""Small CPU-friendly kernels shared by the layers, each numerically the same op as its plain PyTorch spelling.
+"""Small CPU-friendly kernels shared by the layers, each the same math as its plain PyTorch spelling.
 
 * :func:`conv2d` runs an ``nn.Conv2d`` with its weight in the input's memory format, so a channels-last feature
-  map reaches oneDNN's NHWC kernels without a per-call layout reorder of the input (weights stay NCHW in the
-  state dict; the reordered copy is tiny next to the convolution).
-* :func:`group_norm_act` is GroupNorm then an activation, the activation applied in place when no autograd
-  graph is recorded (one feature-map allocation fewer).
+  map reaches oneDNN's NHWC kernels (brgconv) instead of a reorder + blocked kernel + reorder; weights stay NCHW
+  in the state dict, the channels-last copy is cached while no autograd graph is recorded.
+* :func:`upsample_conv` is ``conv3x3(nearest_x2(x))`` computed on the low-resolution map as four 2x2 "phase"
+  convolutions (sub-pixel form): the same sums with ~45-55 % of the multiply-adds.
+* :func:`group_norm_act` is GroupNorm then an activation, the activation applied in place when no graph is
+  recorded (one feature-map allocation fewer); :func:`residual_add` likewise for residual sums.
 * :func:`use_channels_last` says whether a model should carry its feature maps channels-last.
 """
 
@@ -27,19 +29,87 @@ def use_channels_last(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.ndim == 4
 
 
+def needs_graph(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records ops on any of ``tensors`` (then caches and in-place shortcuts are off)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _cached(module: nn.Module, name: str, weight: torch.Tensor, make) -> torch.Tensor:
+    """``make(weight)``, remembered on ``module`` until the weight is modified, moved or replaced."""
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+    hit = module.__dict__.get(name)
+    if hit is None or hit[0] != key:
+        hit = (key, make(weight))
+        module.__dict__[name] = hit
+    return hit[1]
+
+
+def _cl_weight(weight: torch.Tensor) -> torch.Tensor:
+    return weight.contiguous(memory_format=_CL)
+
+
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` with the weight matched to ``x``'s memory format (same values, faster NHWC path on CPU)."""
     if conv.padding_mode != "zeros":
         return conv(x)
     weight = conv.weight
     if is_channels_last(x) and weight.shape[-1] * weight.shape[-2] > 1:
-        weight = weight.contiguous(memory_format=_CL)
+        if needs_graph(weight, x):
+            weight = _cl_weight(weight)
+        else:
+            weight = _cached(conv, "_td_cl_weight", weight, _cl_weight)
     return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def needs_graph(*tensors: torch.Tensor | None) -> bool:
-    """Whether autograd records ops on any of ``tensors`` (then in-place shortcuts are off)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 kernel ``(O, I, 3, 3)`` applied after nearest x2 upsampling, as four 2x2 kernels on the low-res map.
+
+    Output row ``2i`` sees low-res rows ``(i-1, i)`` with taps ``(w0, w1 + w2)``; row ``2i+1`` sees ``(i, i+1)``
+    with ``(w0 + w1, w2)``; likewise for columns. Result ``(4 * O, I, 2, 2)``, phases ordered (row, col) =
+    00, 01, 10, 11; channels-last for the NHWC kernel.
+    """
+    w0, w1, w2 = weight.unbind(2)
+    rows = (torch.stack([w0, w1 + w2], 2), torch.stack([w0 + w1, w2], 2))
+    phases = []
+    for r in rows:
+        c0, c1, c2 = r.unbind(3)
+        phases += [torch.stack([c0, c1 + c2], 3), torch.stack([c0 + c1, c2], 3)]
+    return torch.cat(phases, 0).contiguous(memory_format=_CL)
+
+
+def upsample_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
+    """``conv(nearest_x2(x))`` in sub-pixel form for a channels-last ``x`` ``(B, C, H, W)``, or ``None`` when the
+    shortcut does not apply (then the caller upsamples and convolves as usual).
+
+    Applies to a 3x3, stride-1, padding-1, ungrouped conv on maps of at least 8x8 with no autograd graph (below
+    8x8 the 2x2 phase kernels run slower than the plain convolution).
+    """
+    if (
+        not is_channels_last(x)
+        or x.shape[-1] < 8
+        or x.shape[-2] < 8
+        or conv.kernel_size != (3, 3)
+        or conv.stride != (1, 1)
+        or conv.padding != (1, 1)
+        or conv.dilation != (1, 1)
+        or conv.groups != 1
+        or conv.padding_mode != "zeros"
+        or needs_graph(x, conv.weight, conv.bias)
+    ):
+        return None
+    batch, _, height, width = x.shape
+    out_channels = conv.out_channels
+    kernels = _cached(conv, "_td_phase_kernels", conv.weight, _phase_kernels)
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, bias)  # (B, 4*O, H+1, W+1); phase (a, b) at offset (a, b)
+    phases = phases.permute(0, 2, 3, 1)
+    out = torch.empty(batch, out_channels, 2 * height, 2 * width, dtype=x.dtype, device=x.device, memory_format=_CL)
+    grid = out.permute(0, 2, 3, 1).view(batch, height, 2, width, 2, out_channels)
+    for a in (0, 1):
+        for b in (0, 1):
+            group = (2 * a + b) * out_channels
+            grid[:, :, a, :, b, :] = phases[:, a : a + height, b : b + width, group : group + out_channels]
+    return out
 
 
 def group_norm_act(x: torch.Tensor, norm: nn.GroupNorm, act: nn.Module | None) -> torch.Tensor:
@@ -61,22 +131,3 @@ def residual_add(x: torch.Tensor, residual: torch.Tensor, scale: float = 1.0) ->
         return out / scale if scale != 1 else out
     out = x.add_(residual)
     return out.div_(scale) if scale != 1 else out
-
-
-def _contiguous_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and not value.is_contiguous():
-            state_dict[key] = value.contiguous()
-
-
-def channels_last_conv_weights_(model: nn.Module) -> nn.Module:
-    """Store ``model``'s k x k (k > 1) Conv2d weights channels-last, in place (same values), so that :func:`conv2d`
-    on channels-last maps skips its per-call weight reorder (measured: ~10% of an SD UNet forward on CPU).
-    ``model.state_dict()`` still returns plain contiguous tensors (safetensors needs them)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.weight.shape[-1] * module.weight.shape[-2] > 1:
-            module.weight.data = module.weight.data.contiguous(memory_format=_CL)
-    if not getattr(model, "_contiguous_state_dict_hook", False):
-        model._register_state_dict_hook(_contiguous_state_dict)
-        model._contiguous_state_dict_hook = True
-    return model

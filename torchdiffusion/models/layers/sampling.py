@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import conv2d
+from .fast import conv2d, upsample_conv
 
 
 def _fir_kernel(kernel: Sequence[float] | None, factor: int, gain: float) -> torch.Tensor:
@@ -147,6 +147,11 @@ class Upsample2D(nn.Module):
         conv = self.conv if self.name == "conv" else self.Conv2d_0
         if self.use_conv_transpose:
             return conv(hidden_states)
+        if self.use_conv and self.interpolate and (output_size is None or tuple(output_size) == (
+            2 * hidden_states.shape[-2], 2 * hidden_states.shape[-1])):  # fmt: skip
+            fused = upsample_conv(conv, hidden_states)
+            if fused is not None:
+                return fused
         if self.interpolate:
             if output_size is None:
                 hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")

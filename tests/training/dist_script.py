@@ -1,0 +1,56 @@
+"""One run for the multi-process test: python -m tests.training.dist_script OUT BATCH (under torchrun or alone)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sys
+
+import torch
+
+from torchdiffusion.training import Trainer
+from torchdiffusion.training.data import DigitsDataset
+
+from .common import FAST, tiny_scheduler, tiny_unet
+
+
+def _record_writes(out: str, seen: list[str]) -> None:
+    """On ranks > 0: note every file or folder created under ``out`` (there must be none)."""
+    real_open, real_makedirs, real_replace = builtins.open, os.makedirs, os.replace
+
+    def note(path) -> None:
+        if os.path.abspath(os.fspath(path)).startswith(os.path.abspath(out)):
+            seen.append(os.fspath(path))
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and any(m in mode for m in "wax+"):
+            note(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def makedirs(name, *args, **kwargs):
+        note(name)
+        return real_makedirs(name, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        note(dst)
+        return real_replace(src, dst, *args, **kwargs)
+
+    builtins.open, os.makedirs, os.replace = open_, makedirs, replace
+
+
+def main() -> None:
+    out, batch = sys.argv[1], int(sys.argv[2])
+    rank = int(os.environ.get("RANK", "0"))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    seen: list[str] = []
+    if rank > 0:
+        _record_writes(out, seen)
+    options = dict(FAST, batch_size=batch, max_steps=5, checkpointing_steps=2, seed=1, num_sample_images=2)
+    result = Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options).train()
+    print("RESULT " + json.dumps({"rank": rank, "losses": result.losses, "writes": seen}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+import json
+import os
+
+import pytest
+import torch
+
+from torchdiffusion import ClassConditionalPipeline, DDPMPipeline, DiffusionPipeline
+from torchdiffusion.training import Trainer, TrainingConfig
+from torchdiffusion.training.data import DigitsDataset
+
+from .common import FAST, tiny_scheduler, tiny_unet
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return DigitsDataset(8)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_unconditional_run_writes_a_pipeline_folder(tmp_path, digits):
+    out = str(tmp_path / "run")
+    torch.manual_seed(0)
+    result = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=out, **FAST).train()
+    assert result.step == 4 and len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    names = set(os.listdir(out))
+    assert {
+        "model_index.json",
+        "unet",
+        "scheduler",
+        "loss.png",
+        "samples.png",
+        "train_log.json",
+        "checkpoints",
+    } <= names
+    assert os.listdir(os.path.join(out, "samples")) == ["step_000004.png"]
+    log = json.load(open(os.path.join(out, "train_log.json")))
+    assert log["step"] == 4 and log["history"][-1]["step"] == 4 and "images_per_s" in log["history"][-1]
+    index = json.load(open(os.path.join(out, "model_index.json")))
+    assert index["_class_name"] == "DDPMPipeline" and index["unet"] == ["diffusers", "UNet2DModel"]
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, DDPMPipeline)
+    image = pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 8, 8, 1)
+
+
+def test_exported_weights_are_the_ema(tmp_path, digits):
+    out = str(tmp_path / "ema")
+    trainer = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=out, **FAST)
+    trainer.train()
+    pipe = DiffusionPipeline.from_pretrained(out)
+    names = [n for n, _ in trainer.unwrapped.named_parameters()]
+    exported = dict(pipe.unet.named_parameters())
+    assert all(torch.equal(exported[n], s) for n, s in zip(names, trainer.ema.shadow_params))
+    assert any(not torch.equal(exported[n], p) for n, p in trainer.unwrapped.named_parameters())
+
+
+def test_resume_continues_exactly(tmp_path, digits):
+    straight = str(tmp_path / "straight")
+    torch.manual_seed(1)
+    model = tiny_unet()
+    init = _weights(model)
+    options = dict(FAST, max_steps=4, checkpointing_steps=2, gradient_accumulation_steps=2, seed=3)
+    a = Trainer(model, tiny_scheduler(), digits, output_dir=straight, **options)
+    a.train()
+    part = str(tmp_path / "part")
+    m2 = tiny_unet()
+    m2.load_state_dict(init)
+    Trainer(m2, tiny_scheduler(), digits, output_dir=part, **dict(options, max_steps=2)).train()
+    m3 = tiny_unet()  # fresh weights: everything must come from the checkpoint
+    c = Trainer(m3, tiny_scheduler(), digits, output_dir=part, **dict(options, resume_from_checkpoint="latest"))
+    result = c.train()
+    assert result.losses == a.losses
+    for (k, v), w in zip(a.unwrapped.state_dict().items(), c.unwrapped.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert all(torch.equal(x, y) for x, y in zip(a.ema.shadow_params, c.ema.shadow_params))
+
+
+def test_class_conditional_run_and_pipeline(tmp_path, digits):
+    out = str(tmp_path / "cond")
+    trainer = Trainer(tiny_unet(num_class_embeds=11), tiny_scheduler(), digits, output_dir=out, **FAST)
+    trainer.train()
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, ClassConditionalPipeline)
+    assert pipe.config.null_class_label == 10 and pipe.num_classes == 10 and pipe.labels["7"] == 7
+    g = torch.Generator().manual_seed(0)
+    images = pipe([3, 7], guidance_scale=2.0, num_inference_steps=2, generator=g, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8)
+    by_name = pipe(["3", "7"], guidance_scale=2.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert len(by_name.images) == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"prediction_type": "v_prediction", "loss_weighting": "min_snr", "noise_offset": 0.1},
+        {"prediction_type": "sample", "mixed_precision": "bf16", "lr_schedule": "constant", "max_grad_norm": None},
+        {"mixed_precision": "fp16", "use_ema": False, "channels_last": False, "lr_schedule": "linear"},
+    ],
+)
+def test_objectives_and_precisions(tmp_path, digits, options):
+    fast = dict(FAST, max_steps=2, num_sample_images=0, checkpointing_steps=10)
+    with pytest.warns(UserWarning, match="fp16") if options.get("mixed_precision") == "fp16" else _nothing():
+        trainer = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), **fast, **options)
+        result = trainer.train()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path))
+    expected = options.get("prediction_type", "epsilon")
+    assert pipe.scheduler.config.prediction_type == expected
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_lr_warmup_then_cosine():
+    from torchdiffusion.training.config import lr_lambda
+
+    f = lr_lambda(TrainingConfig(max_steps=10, lr_warmup_steps=4, lr_schedule="cosine"))
+    assert [round(f(s), 3) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
+    assert f(4) == 1.0 and f(10) == pytest.approx(0.0) and 0 < f(7) < 1
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        ({"max_steps": 0}, "max_steps"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"prediction_type": "noise"}, "prediction_type"),
+        ({"loss_weighting": "snr"}, "loss_weighting"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"class_dropout_prob": 1.5}, "class_dropout_prob"),
+        ({"ema_decay": 2}, "ema_decay"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"adam_betas": (0.9,)}, "adam_betas"),
+        ({"checkpoints_total_limit": 0}, "checkpoints_total_limit"),
+    ],
+)
+def test_bad_config(options, name):
+    with pytest.raises(ValueError, match=name):
+        TrainingConfig(**options)
+
+
+def test_bad_trainer_arguments(digits, tmp_path):
+    with pytest.raises(TypeError, match="model"):
+        Trainer("unet", tiny_scheduler(), digits)
+    with pytest.raises(TypeError, match="noise_scheduler"):
+        Trainer(tiny_unet(), object(), digits)
+    with pytest.raises(TypeError, match="unknown training option"):
+        Trainer(tiny_unet(), tiny_scheduler(), digits, max_stepz=3)
+    with pytest.raises(ValueError, match="num_class_embeds"):
+        Trainer(tiny_unet(num_class_embeds=10), tiny_scheduler(), digits)
+    with pytest.raises(ValueError, match="resume_from_checkpoint"):
+        Trainer(
+            tiny_unet(),
+            tiny_scheduler(),
+            digits,
+            output_dir=str(tmp_path),
+            resume_from_checkpoint=str(tmp_path),
+            **FAST,
+        ).train()

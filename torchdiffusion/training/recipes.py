@@ -1,0 +1,108 @@
+"""Ready-made choices for the CLI and the one-object API: a UNet sized for the resolution, the noise scheduler,
+and ``train()`` that wires data + model + Trainer together."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .config import TrainingConfig
+
+
+def default_block_channels(resolution: int) -> tuple[int, ...]:
+    """Channel widths per UNet level: 3 levels up to 16 px, 4 at 32 px, then wider (CPU-friendly sizes)."""
+    if resolution <= 16:
+        return (32, 64, 64)
+    if resolution <= 32:
+        return (32, 64, 64, 128)
+    return (64, 128, 128, 256)
+
+
+def default_unet(
+    resolution: int,
+    channels: int,
+    num_class_embeds: int | None = None,
+    block_out_channels: tuple[int, ...] | None = None,
+    layers_per_block: int = 2,
+    attention_levels: int = 2,
+):
+    """A :class:`UNet2DModel` like the seeds' (ResNet blocks, self-attention on the ``attention_levels`` lowest
+    resolutions) for ``resolution`` px images with ``channels`` channels."""
+    from ..models.unet_2d import UNet2DModel
+
+    widths = tuple(block_out_channels or default_block_channels(resolution))
+    n = len(widths)
+    if resolution % 2 ** (n - 1):
+        raise ValueError(f"resolution={resolution} must be divisible by {2 ** (n - 1)} for a {n}-level UNet")
+    attention_levels = max(0, min(attention_levels, n - 1))
+    down = tuple("AttnDownBlock2D" if i >= n - attention_levels else "DownBlock2D" for i in range(n))
+    up = tuple("AttnUpBlock2D" if i < attention_levels else "UpBlock2D" for i in range(n))
+    groups = math.gcd(32, *widths)
+    return UNet2DModel(
+        sample_size=resolution,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=layers_per_block,
+        block_out_channels=widths,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=min(32, groups),
+        attention_head_dim=min(32, widths[-1]),
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def default_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2", **kwargs):
+    """The training noise schedule (the seeds' cosine schedule by default), as a :class:`DDPMScheduler`."""
+    from ..schedulers.ddpm import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, **kwargs)
+
+
+def swap_scheduler(scheduler_cls: type, config: Any) -> Any:
+    """``scheduler_cls.from_config(config)``, dropping a DDPM-only ``variance_type`` the target would refuse."""
+    overrides = {}
+    if config.get("variance_type") not in (None, "learned", "learned_range"):
+        overrides["variance_type"] = None
+    return scheduler_cls.from_config(config, **overrides)
+
+
+def train(
+    dataset: str = "digits",
+    resolution: int = 16,
+    class_conditional: bool = False,
+    channels: int | None = None,
+    block_out_channels: tuple[int, ...] | None = None,
+    layers_per_block: int = 2,
+    center_crop: bool = True,
+    random_flip: bool | None = None,
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "squaredcos_cap_v2",
+    **options: Any,
+):
+    """Train a default UNet on ``dataset`` (``"digits"``, a folder or a Hub name); ``options`` are
+    :class:`TrainingConfig` fields. Returns the :class:`~torchdiffusion.training.trainer.TrainingResult`."""
+    from .data import load_training_dataset
+    from .trainer import Trainer
+
+    config = TrainingConfig(**options)
+    data = load_training_dataset(
+        dataset,
+        resolution,
+        channels=channels,
+        center_crop=center_crop,
+        random_flip=random_flip,
+        labels=class_conditional,
+    )
+    if class_conditional and not data.num_classes:
+        raise ValueError(f"class_conditional=True but dataset {dataset!r} has no class labels")
+    num_class_embeds = None
+    if class_conditional:
+        num_class_embeds = data.num_classes + (1 if config.class_dropout_prob > 0 else 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = default_unet(resolution, data.channels, num_class_embeds, block_out_channels, layers_per_block)
+    scheduler = default_noise_scheduler(num_train_timesteps, beta_schedule)
+    return Trainer(model, scheduler, data, config).train()
