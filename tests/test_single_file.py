@@ -76,9 +76,10 @@ def test_unet_and_vae_with_configs_inferred_from_shapes(parts, ckpt_path):
     for key, value in UNET.items():
         assert unet.config[key] == (list(value) if isinstance(value, tuple) else value), key
     _same_model(unet, parts["unet"])
-    vae = td.AutoencoderKL.from_single_file(ckpt_path, torch_dtype=torch.bfloat16)
-    assert vae.dtype == torch.bfloat16 and vae.config.scaling_factor == 0.18215
-    _same_model(vae.float(), parts["vae"])
+    vae = td.AutoencoderKL.from_single_file(ckpt_path)
+    assert vae.config.scaling_factor == 0.18215
+    _same_model(vae, parts["vae"])
+    assert td.AutoencoderKL.from_single_file(ckpt_path, torch_dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_ckpt_read_with_weights_only(parts, ckpt_path, tmp_path):

@@ -134,3 +134,17 @@ def test_gradient_checkpointing_switch():
     with pytest.raises(ValueError, match="gradient checkpointing"):
         m.enable_gradient_checkpointing()
     assert m.num_parameters() == sum(p.numel() for p in m.parameters())
+
+
+def test_load_goes_into_live_parameters_even_when_state_dict_hands_out_copies(tmp_path):
+    m = TinyModel()
+    m.save_pretrained(tmp_path)
+
+    class Hooked(TinyModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._register_state_dict_hook(lambda mod, sd, prefix, meta: {k: v.clone() for k, v in sd.items()})
+
+    loaded = Hooked.from_pretrained(tmp_path)
+    for (name, a), b in zip(m.named_parameters(), loaded.parameters()):
+        assert torch.equal(a, b), name

@@ -218,8 +218,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"  pipeline folder:                    {os.path.abspath(out)}")
     print("\nnext:")
     print(f"  torchdiffusion generate {out} --class-label 7 --num-images 16 --out sevens.png")
-    print(f"  python -c \"from torchdiffusion import DiffusionPipeline; p = DiffusionPipeline.from_pretrained('{out}'); "
-          f"p([3, 1, 4], guidance_scale=2.0, num_inference_steps=25).images[0].save('three.png')\"")  # fmt: skip
+    print(
+        f"  python -c \"from torchdiffusion import DiffusionPipeline; p = DiffusionPipeline.from_pretrained('{out}'); "
+        "p([3, 1, 4], guidance_scale=2.0, num_inference_steps=25).images[0].save('three.png')\""
+    )
     return 0
 
 

@@ -148,10 +148,9 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         raise ValueError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
     if mismatched:
         state = {k: v for k, v in state.items() if k not in mismatched}
-    with torch.no_grad():
-        for key, target in expected.items():
-            if key in state:
-                target.copy_(state[key].to(dtype=target.dtype))
+    # load_state_dict copies into the live parameters and buffers (casting dtype); writing into the tensors
+    # that state_dict() returns would be lost when a state-dict hook hands out copies (e.g. channels-last weights).
+    model.load_state_dict(state, strict=not mismatched)
 
 
 # ---- the loader ModelMixin.from_pretrained uses ------------------------------------------------------------

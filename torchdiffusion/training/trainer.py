@@ -312,6 +312,7 @@ class Trainer:
         pipe = self.pipeline()
         pipe.scheduler = swap_scheduler(DPMSolverMultistepScheduler, self.noise_scheduler.config)
         generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+        num_inference_steps = max(1, min(num_inference_steps, len(self.alphas_cumprod) // 2))
         options: dict[str, Any] = {
             "num_inference_steps": num_inference_steps,
             "generator": generators,
