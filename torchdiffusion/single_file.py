@@ -142,15 +142,20 @@ def _tokenizer(root: str | None, kind: str):
     from transformers import CLIPTokenizer
 
     if root is not None and os.path.isdir(os.path.join(root, "tokenizer")):
-        return CLIPTokenizer.from_pretrained(os.path.join(root, "tokenizer"), local_files_only=True)
-    repo, sub = _CLIP_TOKENIZERS[kind]
+        source, options = os.path.join(root, "tokenizer"), {}
+    else:
+        source, sub = _CLIP_TOKENIZERS[kind]
+        options = {"subfolder": sub} if sub else {}
     try:
-        return CLIPTokenizer.from_pretrained(repo, subfolder=sub, local_files_only=True)
-    except (OSError, ValueError) as e:
+        tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=True, **options)
+    except (OSError, ValueError):
+        tokenizer = None
+    if tokenizer is None or len(tokenizer) <= 256:  # transformers 5 builds an empty tokenizer from missing files
         raise ValueError(
-            f"tokenizer: the checkpoint has none and {repo} is not in the local Hugging Face cache; pass "
+            f"tokenizer: the checkpoint has none and {source} has no local tokenizer files; pass "
             "tokenizer=CLIPTokenizer.from_pretrained(<local folder>) or config=<a local SD pipeline folder>"
-        ) from e
+        )
+    return tokenizer
 
 
 def _scheduler(root: str | None, text_kind: str, unet, prediction_type: str | None):

@@ -52,7 +52,7 @@ def test_noise_form_is_exact_for_polynomials():
 
     outs = [poly(M.half_log_snr(lv) - lam0) for lv in levels]
     step = M.multistep(levels, target, 3, "noise")
-    (a_s, s_s), (a_t, s_t) = levels[0], target
+    (a_s, _), (a_t, s_t) = levels[0], target
     u = np.linspace(0, h, 20001)
     want = -s_t * np.trapezoid(np.exp(h - u) * poly(u), u)
     assert step.x == pytest.approx(a_t / a_s)

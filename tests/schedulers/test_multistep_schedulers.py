@@ -156,3 +156,15 @@ def test_two_threads_share_one_pipeline():
     for t in threads:
         t.join()
     assert torch.equal(out[0], alone[0]) and torch.equal(out[1], alone[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_as_many_steps_as_training_steps(name):
+    """20 of 20 steps repeats a timestep on linspace grids; the repeated level is skipped, not a singular solve."""
+    s = getattr(td, name)(num_train_timesteps=20, solver_order=3)
+    assert torch.isfinite(loop(s, steps=20)).all()
+
+
+def test_swap_from_ddpm_config_keeps_fixed_variance_types():
+    s = td.DPMSolverMultistepScheduler.from_config(td.DDPMScheduler().config)
+    assert s.config.variance_type in (None, "fixed_small") and torch.isfinite(loop(s)).all()

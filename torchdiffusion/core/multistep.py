@@ -172,7 +172,9 @@ def exponential_step(
         w[2] = 0.5 * w[2]
     lam_s = half_log_snr(base)
     r = [(half_log_snr(lv) - lam_s) / h for lv in nodes] if n > 1 else [0.0]
-    coeffs = pre * (np.asarray(w) @ _monomial_matrix(r))
+    keep = [j for j in range(n) if r[j] not in r[:j]]  # a repeated noise level adds no information: skip it
+    coeffs = np.zeros(n)
+    coeffs[keep] = pre * (np.asarray(w[: len(keep)]) @ _monomial_matrix([r[j] for j in keep]))
     return LinearStep(x_coeff, tuple(float(c) for c in coeffs), noise)
 
 
@@ -187,10 +189,15 @@ def multistep(
     """
     if not 1 <= order <= len(levels):
         raise ValueError(f"order={order} needs between 1 and {len(levels)} stored outputs")
+    requested = order
+    lams = [half_log_snr(lv) for lv in levels[:order]]
+    while order > 1 and len(set(lams[:order])) < order:  # a repeated noise level (duplicate timestep): lower order
+        order -= 1
     if math.isinf(half_log_snr(target)) and order > 1:  # the jump to sigma = 0: first order (no limit for more)
         first = exponential_step(levels[0], target, levels[:1], form, sde, variant)
-        return LinearStep(first.x, first.m + (0.0,) * (order - 1), first.noise)
-    return exponential_step(levels[0], target, levels[:order], form, sde, variant)
+        return LinearStep(first.x, first.m + (0.0,) * (requested - 1), first.noise)
+    step = exponential_step(levels[0], target, levels[:order], form, sde, variant)
+    return LinearStep(step.x, step.m + (0.0,) * (requested - order), step.noise)
 
 
 # ---- UniPC (Zhao et al. 2023) ----------------------------------------------------------------------------------
@@ -236,6 +243,11 @@ def unipc_step(
         raise ValueError(f"solver_type={variant!r} is not supported for UniPC; choose one of {UNIPC_VARIANTS}")
     if not 1 <= order <= len(levels):
         raise ValueError(f"order={order} needs between 1 and {len(levels)} stored outputs")
+    lams = [half_log_snr(lv) for lv in levels[:order]]
+    if len(set(lams)) < order:  # a repeated noise level (duplicate timestep): lower the order, zero the rest
+        k = next(j for j in range(1, order) if lams[j] in lams[:j])
+        low = unipc_step(levels, target, k, form, variant, corrector)
+        return LinearStep(low.x, low.m + (0.0,) * (order - k))
     h, x_coeff, pre = _unipc_frame(levels[0], target, form)
     if h == 0.0:  # a zero-length step (a grid that repeats its last level) leaves the sample as it is
         return LinearStep(1.0, (0.0,) * (order + (1 if corrector else 0)))

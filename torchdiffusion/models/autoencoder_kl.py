@@ -20,7 +20,6 @@ from torch import nn
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg
-from .layers.fast import channels_last_conv_weights_
 from .modeling import ModelMixin
 from .vae import Decoder, DecoderOutput, DiagonalGaussianDistribution, Encoder
 
@@ -109,7 +108,6 @@ class AutoencoderKL(ModelMixin, ConfigMixin):
         self.tile_sample_min_size = size
         self.tile_latent_min_size = int(size / 2 ** (len(block_out_channels) - 1))
         self.tile_overlap_factor = 0.25
-        channels_last_conv_weights_(self)
 
     # ---- switches (Diffusers' names) --------------------------------------------------------------------
     @classmethod

@@ -17,7 +17,7 @@ from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
 from .layers.activations import get_activation
 from .layers.embeddings import TimestepEmbedding, Timesteps
-from .layers.fast import channels_last_conv_weights_, conv2d, group_norm_act, use_channels_last
+from .layers.fast import conv2d, group_norm_act, use_channels_last
 from .modeling import ModelMixin
 from .unet_condition_plan import (
     build_class_embedding,
@@ -156,7 +156,6 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
             self.conv_act = None
         self.conv_out = nn.Conv2d(channels[0], out_channels, conv_out_kernel, padding=(conv_out_kernel - 1) // 2)
         self._cross_dims = plan.context_dims
-        channels_last_conv_weights_(self)
 
     # ---- attention slicing ------------------------------------------------------------------------------
     def _sliceable(self) -> list[nn.Module]:

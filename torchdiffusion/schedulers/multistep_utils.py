@@ -61,8 +61,7 @@ class MultistepMixin(StepIndexMixin):
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
             raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
         check_choice("final_sigmas_type", cfg.get("final_sigmas_type", "zero"), ("zero", "sigma_min"))
-        if cfg.get("variance_type") is not None:
-            check_choice("variance_type", cfg.variance_type, ("learned", "learned_range"))
+        # only learned variances change anything here; DDPM's fixed_* values arrive with from_config swaps
         sigma_grid_kind(cfg)
         if cfg.prediction_type == "flow_prediction" and not cfg.get("use_flow_sigmas", False):
             raise ValueError("prediction_type='flow_prediction' needs use_flow_sigmas=True")

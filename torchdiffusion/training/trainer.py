@@ -54,6 +54,13 @@ def _accelerator(mixed_precision: str):
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
 def _model_output(out: Any) -> torch.Tensor:
     """The predicted tensor from a model's output (tensor, tuple, or output object with ``sample``)."""
     if not isinstance(out, torch.Tensor):
@@ -130,6 +137,11 @@ class Trainer:
         if mixed == "fp16" and not torch.cuda.is_available():
             warnings.warn("mixed_precision='fp16' has no autocast on CPU here; training in bf16 (the fast CPU choice)")
             mixed = "bf16"
+        if mixed == "bf16" and not torch.cuda.is_available() and not _cpu_has_bf16():
+            warnings.warn(
+                "mixed_precision='bf16' on a CPU without native bf16 (AVX512-BF16/AMX) is emulated and usually much "
+                "slower than fp32; use mixed_precision='no' here"
+            )
         self.accelerator = acc = _accelerator(mixed)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         model = self.model.to(acc.device)
