@@ -5,7 +5,10 @@ The seeds' 4-level butterflies UNet (block_out_channels=(64, 128, 128, 256), Dow
 are compared (max abs diff), then the two forwards are timed interleaved (warm-up first) and the median
 ratio ours/peer printed (target <= 0.75).
 
-    python benchmarks/unet2d_forward.py [--repeats 10] [--batch 16] [--size 32] [--threads N]
+    python benchmarks/unet2d_forward.py [--repeats 10] [--batch 16] [--size 32] [--threads N] [--cpu-time]
+
+On a shared, loaded machine wall-clock ratios are noise; ``--threads 1 --cpu-time`` times each forward by the
+process CPU time it consumed (time.process_time), which other processes' load barely disturbs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
+    parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time (use with --threads 1)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,11 +47,13 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, generator=g)
     t = torch.randint(0, 1000, (args.batch,), generator=g)
 
+    clock = time.process_time if args.cpu_time else time.perf_counter
+
     def run(model) -> tuple[float, torch.Tensor]:
         with torch.no_grad():
-            start = time.perf_counter()
+            start = clock()
             out = model(x, t).sample
-            return time.perf_counter() - start, out
+            return clock() - start, out
 
     run(peer), run(ours), run(peer), run(ours)  # warm-up (oneDNN primitive caches, allocator)
     times: dict[str, list[float]] = {"ours": [], "peer": []}
@@ -64,7 +70,7 @@ def main() -> None:
         diff = max(diff, float((got["ours"] - got["peer"]).abs().max()))
     o, p = statistics.median(times["ours"]), statistics.median(times["peer"])
     print(f"UNet2DModel forward, batch {args.batch}, {args.size}px, fp32, {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved pairs")  # fmt: skip
+          f"{args.repeats} interleaved pairs, {'CPU' if args.cpu_time else 'wall'} time")  # fmt: skip
     print(f"ours median {o * 1e3:.1f} ms (min {min(times['ours']) * 1e3:.1f})  "
           f"diffusers median {p * 1e3:.1f} ms (min {min(times['peer']) * 1e3:.1f})")  # fmt: skip
     print(f"ours/peer: ratio of medians {o / p:.3f}, median of pair ratios {statistics.median(ratios):.3f}, "

@@ -50,8 +50,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
         data.add_argument("--layers-per-block", type=int, default=2)
     run = p.add_argument_group("training")
     run.add_argument("--output-dir", default="outputs/demo" if demo else None, required=not demo)
-    run.add_argument("--steps", type=int, default=1500, help="optimizer steps")
-    run.add_argument("--batch-size", type=int, default=64, help="images per step and process")
+    run.add_argument("--steps", type=int, default=1500, help="optimizer steps (at most)" if demo else "optimizer steps")
+    run.add_argument("--batch-size", type=int, default=32 if demo else 64, help="images per step and process")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     if demo:
@@ -203,12 +203,27 @@ def _run_demo(args: argparse.Namespace) -> int:
           f"about {args.minutes:g} minutes on {'the GPU' if _cuda() else 'the CPU'}...", flush=True)  # fmt: skip
     started = time.time()
     result = train(
-        dataset="digits", resolution=16, class_conditional=True, output_dir=out, max_steps=args.steps,
-        batch_size=args.batch_size, seed=args.seed, mixed_precision=args.mixed_precision, learning_rate=2e-3,
-        lr_warmup_steps=50, time_limit_minutes=args.minutes, sample_steps=10**9, checkpointing_steps=10**9,
-        checkpoints_total_limit=1, num_sample_images=0, log_steps=10, sample_guidance_scale=2.0,
-    )  # fmt: skip
-    images, cols = generate(out, num_images=100, steps=25, guidance_scale=2.0, seed=args.seed)
+        dataset="digits",
+        resolution=16,
+        class_conditional=True,
+        output_dir=out,
+        max_steps=args.steps,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        learning_rate=2e-3,
+        lr_warmup_steps=50,
+        time_limit_minutes=args.minutes * 0.85,
+        sample_steps=10**9,
+        checkpointing_steps=10**9,
+        checkpoints_total_limit=1,
+        num_sample_images=0,
+        log_steps=10,
+        sample_guidance_scale=2.0,
+    )
+    images, cols = generate(out, num_images=40, steps=20, guidance_scale=2.0, seed=args.seed)
     grid = _save_grid(images, cols, os.path.join(out, "samples.png"))
     minutes = (time.time() - started) / 60
     loss = sum(result.losses[-50:]) / len(result.losses[-50:])

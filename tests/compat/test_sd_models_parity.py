@@ -108,7 +108,12 @@ def _pair(config):
     return theirs, ours
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+FAST = ("sd1", "sd2", "sdxl")  # the other variants run with `-m slow`
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(VARIANTS)]
+)
 def test_unet_forward_matches_diffusers(name):
     config = VARIANTS[name]
     theirs, ours = _pair(config)
@@ -186,8 +191,11 @@ def _vae_pair(**overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"use_quant_conv": False, "use_post_quant_conv": False}, {"mid_block_add_attention": False}],
-    ids=["sd", "no_quant", "no_mid_attn"],
+    [
+        pytest.param({}, id="sd"),
+        pytest.param({"use_quant_conv": False, "use_post_quant_conv": False}, id="no_quant", marks=pytest.mark.slow),
+        pytest.param({"mid_block_add_attention": False}, id="no_mid_attn", marks=pytest.mark.slow),
+    ],
 )
 def test_vae_encode_decode_forward_match(overrides):
     theirs, ours = _vae_pair(**overrides)

@@ -128,6 +128,7 @@ def _mask(size=64):
     return Image.fromarray(m)
 
 
+@pytest.mark.slow  # ~1 min on 2 busy cores; run with -m slow
 @pytest.mark.parametrize("scheduler", [None, "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
 def test_img2img_same_images(tiny_sd_folder, scheduler):
     theirs, ours = _pair("StableDiffusionImg2ImgPipeline", tiny_sd_folder, scheduler)
@@ -143,6 +144,7 @@ def test_img2img_same_images(tiny_sd_folder, scheduler):
     _assert_same(a, b)
 
 
+@pytest.mark.slow  # ~1 min on 2 busy cores; run with -m slow
 @pytest.mark.parametrize("which", ["4ch", "9ch"])
 @pytest.mark.parametrize("strength", [1.0, 0.6])
 def test_inpaint_same_images(tiny_sd_folder, tiny_sd_inpaint_folder, which, strength):

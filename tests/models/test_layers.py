@@ -214,3 +214,20 @@ def test_factories_reject_unknown_types():
         get_down_block("AttnDownBlock2D", add_downsample=True, resnet_groups=4, attention_head_dim=16, **common)
     with pytest.raises(ValueError, match="cross_attention_dim"):
         get_down_block("CrossAttnDownBlock2D", add_downsample=True, resnet_groups=4, **common)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 12)])
+def test_upsample_conv_subpixel_path_equals_plain(size):
+    torch.manual_seed(0)
+    up = Upsample2D(6, use_conv=True, out_channels=5)
+    x = torch.randn(2, 6, *size).contiguous(memory_format=torch.channels_last)
+    plain = up.conv(torch.nn.functional.interpolate(x.contiguous(), scale_factor=2.0, mode="nearest"))
+    with torch.no_grad():
+        fast = up(x)
+        again = up(x, output_size=(2 * size[0], 2 * size[1]))
+    torch.testing.assert_close(fast, plain.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, fast)
+    with torch.no_grad():  # the cached phase kernels follow in-place weight updates
+        up.conv.weight.mul_(2)
+        up.conv.bias.mul_(2)
+        torch.testing.assert_close(up(x), 2 * fast, atol=1e-5, rtol=1e-5)

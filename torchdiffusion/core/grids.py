@@ -37,7 +37,7 @@ GRIDS: tuple[str, ...] = ("karras", "exponential", "ays_sd15", "ays_sdxl", "ode_
 AYS_SD15 = (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029)
 AYS_SDXL = (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029)
 # Grids tuned on the probability-flow ODE error (benchmarks/sampler_error.py --tune): positions of log(sigma) from
-# log(sigma_max) (0) towards log(sigma_min) (1) for 5, 10 and 20 steps, minimising the mean error of UniPC
+# log(sigma_max) (0) towards log(sigma_min) (1) for 5 and 10 steps, minimising the mean error of UniPC
 # (noise prediction, 3rd order, bh2) on six Gaussian mixtures in 2, 4 and 8 dimensions under the SD schedule.
 # The benchmark's own mixture was held out. Other step counts interpolate the nearest tuned grid.
 ODE_TUNED = {

@@ -6,7 +6,8 @@
 * :func:`upsample_conv` is ``conv3x3(nearest_x2(x))`` computed on the low-resolution map as four 2x2 "phase"
   convolutions (sub-pixel form): the same sums with ~45-55 % of the multiply-adds.
 * :func:`group_norm_act` is GroupNorm then an activation, the activation applied in place when no graph is
-  recorded (one feature-map allocation fewer); :func:`residual_add` likewise for residual sums.
+  recorded (one feature-map allocation fewer); channels-last maps of 64-256 pixels take a reduction-based
+  GroupNorm (PyTorch's channels-last kernel is slow there). :func:`residual_add` reuses memory for residual sums.
 * :func:`use_channels_last` says whether a model should carry its feature maps channels-last.
 """
 
@@ -112,12 +113,38 @@ def upsample_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+def _group_norm_nhwc(
+    x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """GroupNorm of a channels-last ``(B, C, H, W)`` map by channel-wise reductions over the pixels (two-pass
+    variance: mean first, then the centred sum of squares). On mid-sized maps PyTorch's channels-last GroupNorm
+    kernel is several times slower than this."""
+    batch, channels, height, width = x.shape
+    per_group = channels // groups
+    count = height * width * per_group
+    tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    mean = tokens.sum(1).view(batch, groups, per_group).sum(-1, keepdim=True).div_(count)
+    centred = tokens - mean.expand(batch, groups, per_group).reshape(batch, 1, channels)
+    var = (centred * centred).sum(1).view(batch, groups, per_group).sum(-1, keepdim=True).div_(count)
+    scale = torch.rsqrt(var.add_(eps))
+    if weight is not None:
+        scale = scale * weight.view(1, groups, per_group)
+    centred.mul_(scale.expand(batch, groups, per_group).reshape(batch, 1, channels))
+    if bias is not None:
+        centred.add_(bias.view(1, 1, channels))
+    return centred.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
 def group_norm_act(x: torch.Tensor, norm: nn.GroupNorm, act: nn.Module | None) -> torch.Tensor:
     """``act(norm(x))``; SiLU runs in place on the normalised copy when no graph is being recorded."""
-    out = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    graph = needs_graph(x, norm.weight, norm.bias)
+    if not graph and is_channels_last(x) and 64 <= x.shape[-1] * x.shape[-2] <= 256 and x.is_floating_point():
+        out = _group_norm_nhwc(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    else:
+        out = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     if act is None:
         return out
-    if type(act) is nn.SiLU and not needs_graph(x, norm.weight, norm.bias):
+    if type(act) is nn.SiLU and not graph:
         return F.silu(out, inplace=True)
     return act(out)
 
