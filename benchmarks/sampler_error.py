@@ -8,7 +8,7 @@ the scheduler's samples and the reference (256 samples) at 5, 10 and 20 model ca
 settings found (a search over sigma grids, orders, solver types and final steps; every grid starts at the noisiest
 timestep, so all solve the same ODE). Stochastic samplers are listed for completeness: they do not follow the ODE.
 
-    python benchmarks/sampler_error.py            # the table and the ratio (a few minutes on 2 cores)
+    python benchmarks/sampler_error.py            # the table and the ratio (about 10 minutes on 2 cores)
     python benchmarks/sampler_error.py --quick    # a smaller search
     python benchmarks/sampler_error.py --tune 10  # re-derive core.grids.ODE_TUNED[10] (about 10 minutes)
 
