@@ -94,6 +94,9 @@ def loss_plot(losses: Sequence[float], title: str = "training loss", size: tuple
                 y = xy(0, v)[1]
                 draw.line((left, y, right, y), fill=(230, 230, 230))
                 draw.text((6, y - 6), f"{v:g}", fill="black")
+    for v in (min(values), max(values)):  # the range itself, for curves that span less than one decade mark
+        y = xy(0, v)[1]
+        draw.text((6, y - 6), f"{v:.3g}", fill=(90, 90, 90))
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = left + (right - left) * frac
         draw.text((x - 10, bottom + 8), str(round(frac * (len(values) - 1)) + 1), fill="black")
