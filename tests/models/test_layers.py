@@ -216,7 +216,7 @@ def test_factories_reject_unknown_types():
         get_down_block("CrossAttnDownBlock2D", add_downsample=True, resnet_groups=4, **common)
 
 
-@pytest.mark.parametrize("size", [(8, 8), (9, 12)])
+@pytest.mark.parametrize("size", [(4, 4), (8, 8), (9, 12)])
 def test_upsample_conv_subpixel_path_equals_plain(size):
     torch.manual_seed(0)
     up = Upsample2D(6, use_conv=True, out_channels=5)
