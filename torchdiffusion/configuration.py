@@ -138,13 +138,51 @@ class ConfigMixin:
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
 
     def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
-        """Write ``<save_directory>/<config_name>``, creating the folder if needed."""
+        """Write ``<save_directory>/<config_name>``, creating the folder if needed.
+
+        ``push_to_hub=True`` then uploads the folder; ``kwargs`` are the upload options (``repo_id``, default the
+        folder's name, ``commit_message``, ``private``, ``token``, ``create_pr``, ``subfolder``).
+        """
+        from .hub import split_push_kwargs
+
+        push, _ = split_push_kwargs(kwargs)  # other keywords are ignored, as in Diffusers
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory={str(save_directory)!r} is a file; it must be a folder")
-        if push_to_hub:
-            raise NotImplementedError("push_to_hub: upload the saved folder with huggingface_hub.upload_folder")
         os.makedirs(save_directory, exist_ok=True)
         self.to_json_file(os.path.join(save_directory, self.config_name))
+        if push_to_hub:
+            from .hub import upload_saved_folder
+
+            push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            upload_saved_folder(self, save_directory, model_card=False, **push)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        subfolder: str | None = None,
+    ) -> Any:
+        """Save this model, scheduler or pipeline to a temporary folder and upload it to the Hub repo ``repo_id``
+        (created if needed; a ``README.md`` model card is added when the repo has none). Returns the commit
+        info (a ``str``: the commit URL). See :func:`torchdiffusion.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            safe_serialization=safe_serialization,
+            variant=variant,
+            subfolder=subfolder,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

@@ -127,3 +127,138 @@ def try_resolve_file(
         ) from e
     except (OSError, ValueError) as e:
         raise OSError(f"could not fetch {filename!r} from {local!r}: {e}") from e
+
+
+# ---- uploading ---------------------------------------------------------------------------------------------
+# Keyword arguments that ``save_pretrained(..., push_to_hub=True, ...)`` / ``save_config`` take for the upload.
+PUSH_KWARGS = frozenset({"repo_id", "commit_message", "private", "token", "create_pr", "subfolder"})
+
+
+def check_repo_id(repo_id: Any) -> str:
+    """Return ``repo_id`` if it looks like a Hub repository id (``"name"`` or ``"owner/name"``); else ValueError."""
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ValueError(f"repo_id must be a non-empty Hub repository id such as 'you/my-model', got {repo_id!r}")
+    parts = repo_id.split("/")
+    if len(parts) > 2 or any(not _PLAIN_NAME.match(p) or ".." in p for p in parts):
+        raise ValueError(f"repo_id must be 'name' or 'owner/name' (letters, digits, '-', '_', '.'), got {repo_id!r}")
+    return repo_id
+
+
+def split_push_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``kwargs`` into (upload options from :data:`PUSH_KWARGS`, the rest)."""
+    push = {k: v for k, v in kwargs.items() if k in PUSH_KWARGS}
+    rest = {k: v for k, v in kwargs.items() if k not in PUSH_KWARGS}
+    return push, rest
+
+
+def _default_commit_message(obj: Any) -> str:
+    name = type(obj).__name__
+    if "Model" in name:
+        return "Upload model"
+    if "Scheduler" in name:
+        return "Upload scheduler"
+    return f"Upload {name}"
+
+
+def model_card_text(repo_id: str, obj: Any) -> str:
+    """A minimal ``README.md`` for a pushed folder: YAML metadata (``library_name: diffusers``) and one line.
+
+    The folder is in Diffusers' format, so the Hub shows Diffusers' loading snippet; torchdiffusion loads it too.
+    """
+    from .pipelines.pipeline import DiffusionPipeline
+
+    what = "pipeline" if isinstance(obj, DiffusionPipeline) else "model"
+    return (
+        "---\nlibrary_name: diffusers\ntags:\n- torchdiffusion\n---\n\n"
+        f"# {repo_id.split('/')[-1]}\n\n"
+        f"A diffusers-format {what} ({type(obj).__name__}) pushed to the Hub with torchdiffusion. "
+        "This model card was written automatically.\n"
+    )
+
+
+def upload_saved_folder(
+    obj: Any,
+    folder: str | os.PathLike,
+    repo_id: str,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    subfolder: str | None = None,
+    model_card: bool = True,
+    api: Any = None,
+) -> Any:
+    """Create ``repo_id`` if needed and upload every file of ``folder`` (a ``save_pretrained`` output) to it.
+
+    ``model_card``: write a ``README.md`` into ``folder`` first when the repository has none yet (never when
+    uploading into a ``subfolder``). Returns huggingface_hub's ``CommitInfo`` (a ``str``: the commit URL).
+    """
+    check_repo_id(repo_id)
+    subfolder = check_subfolder(subfolder, "subfolder")
+    if api is None:
+        import huggingface_hub
+
+        api = huggingface_hub.HfApi()
+    repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    card = os.path.join(os.fspath(folder), "README.md")
+    if model_card and subfolder is None and not os.path.exists(card):
+        if not api.file_exists(repo_id, "README.md", token=token):
+            with open(card, "w", encoding="utf-8") as f:
+                f.write(model_card_text(repo_id, obj))
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=os.fspath(folder),
+        path_in_repo=subfolder,
+        commit_message=commit_message if commit_message is not None else _default_commit_message(obj),
+        token=token,
+        create_pr=create_pr,
+    )
+
+
+def push_to_hub(
+    obj: Any,
+    repo_id: str,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    safe_serialization: bool = True,
+    variant: str | None = None,
+    subfolder: str | None = None,
+) -> Any:
+    """Save ``obj`` (a model, scheduler or pipeline) into a temporary folder and upload it to ``repo_id``.
+
+    The arguments are those of Diffusers' ``push_to_hub``; ``safe_serialization`` and ``variant`` apply to model
+    weights (schedulers have none). Returns huggingface_hub's ``CommitInfo``.
+    """
+    import tempfile
+
+    from .models.modeling import ModelMixin
+    from .pipelines.pipeline import DiffusionPipeline
+
+    check_repo_id(repo_id)
+    check_subfolder(subfolder, "subfolder")
+    if not isinstance(safe_serialization, bool):
+        raise TypeError(f"safe_serialization must be a bool, got {type(safe_serialization).__name__}")
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi()
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(obj, (ModelMixin, DiffusionPipeline)):
+            obj.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
+        elif hasattr(obj, "save_pretrained"):
+            obj.save_pretrained(tmp)
+        else:
+            obj.save_config(tmp)
+        return upload_saved_folder(
+            obj,
+            tmp,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            subfolder=subfolder,
+            model_card=True,
+            api=api,
+        )

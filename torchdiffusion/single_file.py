@@ -3,8 +3,10 @@ checkpoint: a ``.safetensors`` file, or a ``.ckpt`` read with ``torch.load(weigh
 Nothing is ever fetched from the network.
 
 Configurations come from ``config=`` (a local folder in Diffusers' layout: a pipeline folder, or a model folder;
-no weights needed) or are inferred from tensor shapes (see :mod:`torchdiffusion.single_file_convert`); keyword
-overrides of config keys (``norm_num_groups=32``...) apply on top. The tokenizer is not in such files: it comes
+no weights needed), from ``original_config=`` (the original LDM YAML, e.g. ``v1-inference.yaml``: a local file or
+its parsed dict; read with ``yaml.safe_load``), or are inferred from tensor shapes (see
+:mod:`torchdiffusion.single_file_convert`); keyword overrides of config keys (``norm_num_groups=32``...) apply on
+top. The tokenizer is not in such files: it comes
 from ``tokenizer=``, ``config=`` or the local Hugging Face cache (``openai/clip-vit-large-patch14``).
 """
 
@@ -21,9 +23,12 @@ from .single_file_convert import (
     build_text_encoder,
     convert_unet_state_dict,
     convert_vae_state_dict,
+    scheduler_config_from_original,
     text_encoder_state_dict,
     unet_config_from_checkpoint,
+    unet_config_from_original,
     vae_config_from_checkpoint,
+    vae_config_from_original,
 )
 
 _KINDS = {"UNet2DConditionModel": "unet", "AutoencoderKL": "vae"}
@@ -77,12 +82,50 @@ def _state(source: Any) -> dict[str, torch.Tensor]:
     return load_checkpoint(source)
 
 
-def _check_kwargs(kwargs: dict) -> None:
+def read_original_config(original_config: str | os.PathLike | dict) -> dict[str, Any]:
+    """The original LDM YAML config (``v1-inference.yaml``, ``v2-inference-v.yaml``...) as a dict.
+
+    ``original_config`` is a local file path or an already parsed dict; URLs are refused (nothing is fetched).
+    The file is read with ``yaml.safe_load`` (PyYAML).
+    """
+    if isinstance(original_config, dict):
+        return original_config
+    if not isinstance(original_config, (str, os.PathLike)):
+        raise TypeError(
+            f"original_config must be a local YAML file path or a dict, got {type(original_config).__name__}"
+        )
+    path = os.fspath(original_config)
+    if "://" in path:
+        raise ValueError(
+            f"original_config={path!r} is a URL; from_single_file never downloads: fetch the YAML file first and "
+            "pass its local path"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"original_config={path!r} is not an existing local YAML file")
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover - PyYAML comes with huggingface_hub
+        raise ImportError("original_config needs PyYAML: pip install pyyaml") from e
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"original_config={path!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"original_config={path!r} must hold a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _check_kwargs(kwargs: dict) -> dict[str, Any] | None:
+    """Drop hub options that do not apply to local files; return the parsed ``original_config`` (or None)."""
     for key in _IGNORED:
         kwargs.pop(key, None)
-    for key in ("original_config", "original_config_file"):
-        if kwargs.pop(key, None) is not None:
-            raise ValueError(f"{key}: original LDM YAML configs are not read; pass config=<a local Diffusers folder>")
+    original = kwargs.pop("original_config", None)
+    legacy = kwargs.pop("original_config_file", None)  # Diffusers' older name
+    if original is not None and legacy is not None:
+        raise ValueError("pass original_config or original_config_file, not both")
+    original = original if original is not None else legacy
+    return read_original_config(original) if original is not None else None
 
 
 def _config_folder(config: Any, subfolder: str | None, default_subfolder: str, file_name: str) -> str | None:
@@ -108,17 +151,26 @@ def load_model_from_single_file(
     torch_dtype: torch.dtype | None = None,
     **overrides: Any,
 ):
-    """A ``UNet2DConditionModel`` or ``AutoencoderKL`` (``cls``) from an original checkpoint file or state dict."""
-    _check_kwargs(overrides)
+    """A ``UNet2DConditionModel`` or ``AutoencoderKL`` (``cls``) from an original checkpoint file or state dict.
+
+    ``config``: a local Diffusers-layout folder; ``original_config=``: the LDM YAML (path or dict; not together
+    with ``config``); neither: the config is inferred from shapes. Other keywords override config keys.
+    """
+    original = _check_kwargs(overrides)
     kind = next((_KINDS[b.__name__] for b in cls.__mro__ if b.__name__ in _KINDS), None)
     if kind is None:
         raise TypeError(f"from_single_file supports UNet2DConditionModel and AutoencoderKL, not {cls.__name__}")
+    if original is not None and config is not None:
+        raise ValueError("pass config (a Diffusers folder) or original_config (an LDM YAML), not both")
     sd = _part(_state(pretrained_model_link_or_path_or_dict), kind)
     folder = _config_folder(config, subfolder, kind, cls.config_name)
     if folder is not None:
         model_config = dict(cls.load_config(folder))
     else:
         model_config = unet_config_from_checkpoint(sd) if kind == "unet" else vae_config_from_checkpoint(sd)
+        if original is not None:
+            convert = unet_config_from_original if kind == "unet" else vae_config_from_original
+            model_config = convert(original, model_config)
     model_config.update(overrides)
     if kind == "unet":
         converted = convert_unet_state_dict(sd, model_config)
@@ -158,7 +210,7 @@ def _tokenizer(root: str | None, kind: str):
     return tokenizer
 
 
-def _scheduler(root: str | None, text_kind: str, unet, prediction_type: str | None):
+def _scheduler(root: str | None, text_kind: str, unet, prediction_type: str | None, original: dict | None = None):
     import torchdiffusion
 
     from .configuration import read_json
@@ -175,6 +227,12 @@ def _scheduler(root: str | None, text_kind: str, unet, prediction_type: str | No
         if prediction_type is not None:
             saved["prediction_type"] = prediction_type
         return cls.from_config(saved)
+    if original is not None:  # the YAML says the schedule and the parameterization; v-prediction models use DDIM
+        config = {**SD_SCHEDULER, **scheduler_config_from_original(original)}
+        if prediction_type is not None:
+            config["prediction_type"] = prediction_type
+        v = config["prediction_type"] == "v_prediction"
+        return (torchdiffusion.DDIMScheduler if v else torchdiffusion.PNDMScheduler).from_config(config)
     v2 = text_kind == "openclip" and unet.config.in_channels == 4  # SD 2.x 768: DDIM with v-prediction
     config = {**SD_SCHEDULER, "prediction_type": prediction_type or ("v_prediction" if v2 else "epsilon")}
     return (torchdiffusion.DDIMScheduler if v2 else torchdiffusion.PNDMScheduler).from_config(config)
@@ -189,8 +247,12 @@ def load_pipeline_from_single_file(
     **kwargs: Any,
 ):
     """A Stable Diffusion pipeline (``cls``) from one original checkpoint. Components passed as keyword arguments
-    (``tokenizer=``, ``scheduler=``, ``vae=``...) are used as given; ``safety_checker`` defaults to None."""
-    _check_kwargs(kwargs)
+    (``tokenizer=``, ``scheduler=``, ``vae=``...) are used as given; ``safety_checker`` defaults to None.
+    ``original_config=`` (an LDM YAML path or dict, not together with ``config``) sets the UNet, VAE and scheduler
+    configs (``timesteps``, ``linear_start``/``linear_end``, ``parameterization``)."""
+    original = _check_kwargs(kwargs)
+    if original is not None and config is not None:
+        raise ValueError("pass config (a Diffusers folder) or original_config (an LDM YAML), not both")
     names, extra = cls._signature()
     unknown = [k for k in kwargs if k not in names and k not in extra]
     if unknown:
@@ -207,11 +269,21 @@ def load_pipeline_from_single_file(
     parts.update(kwargs)
     if "unet" not in parts:
         parts["unet"] = load_model_from_single_file(
-            torchdiffusion.UNet2DConditionModel, state, root, "unet" if root else None, dtype_of("unet")
+            torchdiffusion.UNet2DConditionModel,
+            state,
+            root,
+            "unet" if root else None,
+            dtype_of("unet"),
+            original_config=original,
         )
     if "vae" not in parts:
         parts["vae"] = load_model_from_single_file(
-            torchdiffusion.AutoencoderKL, state, root, "vae" if root else None, dtype_of("vae")
+            torchdiffusion.AutoencoderKL,
+            state,
+            root,
+            "vae" if root else None,
+            dtype_of("vae"),
+            original_config=original,
         )
     text_kind = text_encoder_state_dict(state)[1] if "text_encoder" not in parts or "tokenizer" not in parts else "clip"
     if "text_encoder" not in parts:
@@ -222,5 +294,5 @@ def load_pipeline_from_single_file(
     if "tokenizer" not in parts:
         parts["tokenizer"] = _tokenizer(root, text_kind)
     if "scheduler" not in parts:
-        parts["scheduler"] = _scheduler(root, text_kind, parts["unet"], prediction_type)
+        parts["scheduler"] = _scheduler(root, text_kind, parts["unet"], prediction_type, original)
     return cls(**parts)

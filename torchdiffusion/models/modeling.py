@@ -81,11 +81,23 @@ class ModelMixin(nn.Module):
 
         return load_model(cls, pretrained_model_name_or_path, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Write ``config.json`` and the weights (see :func:`torchdiffusion.weights.save_model`)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write ``config.json`` and the weights (see :func:`torchdiffusion.weights.save_model`).
+
+        ``push_to_hub=True`` then uploads the folder (with a ``README.md`` model card if the repo has none);
+        upload options: ``repo_id`` (default: the folder's name), ``commit_message``, ``private``, ``token``,
+        ``create_pr``.
+        """
+        from ..hub import split_push_kwargs
         from ..weights import save_model
 
+        push, kwargs = split_push_kwargs(kwargs)
         save_model(self, save_directory, **kwargs)
+        if push_to_hub and kwargs.get("is_main_process", True):
+            from ..hub import upload_saved_folder
+
+            push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            upload_saved_folder(self, save_directory, **push)
 
 
 def checkpointed(module: nn.Module, fn, *args: Any) -> Any:
