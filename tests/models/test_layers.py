@@ -231,3 +231,68 @@ def test_upsample_conv_subpixel_path_equals_plain(size):
         up.conv.weight.mul_(2)
         up.conv.bias.mul_(2)
         torch.testing.assert_close(up(x), 2 * fast, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (6, 9)])
+def test_upsample_conv_subpixel_path_has_plain_gradients(size):
+    """Under autograd the sub-pixel path gives the plain path's output and gradients (input, weight, bias)."""
+    torch.manual_seed(0)
+    up = Upsample2D(6, use_conv=True, out_channels=5)
+    x = torch.randn(2, 6, *size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x_plain = x.detach().clone().requires_grad_(True)
+    fast = up(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    plain = up.conv(torch.nn.functional.interpolate(x_plain, scale_factor=2.0, mode="nearest"))
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(plain)
+    grads_fast = torch.autograd.grad(fast, (x, up.conv.weight, up.conv.bias), upstream)
+    grads_plain = torch.autograd.grad(plain, (x_plain, up.conv.weight, up.conv.bias), upstream)
+    for got, want in zip(grads_fast, grads_plain):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("in_channels,size", [(8, (8, 8)), (5, (10, 12))])
+def test_conv2d_winograd_path_equals_direct(in_channels, size):
+    """Wide 3x3 layers take the Winograd F(2x2, 3x3) path in inference; same values, channels-last out, and the
+    cached transformed kernels follow in-place weight updates."""
+    from torchdiffusion.models.layers import fast
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(in_channels, fast.WINOGRAD_MIN_OUT_CHANNELS, 3, padding=1)
+    x = torch.randn(2, in_channels, *size).contiguous(memory_format=torch.channels_last)
+    assert fast._use_winograd(conv, x)
+    with torch.no_grad():
+        want = torch.nn.functional.conv2d(x.contiguous(), conv.weight, conv.bias, padding=1)
+        got = fast.conv2d(conv, x)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        conv.weight.mul_(-1)
+        torch.testing.assert_close(fast.conv2d(conv, x), 2 * conv.bias.view(1, -1, 1, 1) - want, atol=2e-5, rtol=1e-5)
+    conv.bias = None
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fast.conv2d(conv, x),
+            torch.nn.functional.conv2d(x.contiguous(), conv.weight, padding=1),
+            atol=2e-5,
+            rtol=1e-5,
+        )
+
+
+def test_conv2d_winograd_applies_only_where_it_pays():
+    from torchdiffusion.models.layers import fast
+
+    wide = torch.nn.Conv2d(4, fast.WINOGRAD_MIN_OUT_CHANNELS, 3, padding=1)
+    narrow = torch.nn.Conv2d(4, fast.WINOGRAD_MIN_OUT_CHANNELS // 2, 3, padding=1)
+    strided = torch.nn.Conv2d(4, fast.WINOGRAD_MIN_OUT_CHANNELS, 3, padding=1, stride=2)
+    cl = torch.channels_last
+    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=cl)
+    assert fast._use_winograd(wide, x)
+    assert not fast._use_winograd(narrow, x)
+    assert not fast._use_winograd(strided, x)
+    assert not fast._use_winograd(wide, x.contiguous())  # NCHW
+    assert not fast._use_winograd(wide, torch.randn(1, 4, 9, 8).contiguous(memory_format=cl))  # odd height
+    assert not fast._use_winograd(wide, torch.randn(1, 4, 4, 4).contiguous(memory_format=cl))  # too few tiles
+    assert not fast._use_winograd(wide, x.double())
+    # under autograd the direct kernel runs (training keeps oneDNN's backward)
+    out = fast.conv2d(wide, x.requires_grad_(True))
+    assert out.grad_fn is not None and "Convolution" in type(out.grad_fn).__name__

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,8 +11,8 @@ from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
 from ..utils.outputs import BaseOutput
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .scheduling_utils import KARRAS_COMPATIBLES, AlphaBarSchedulerMixin, SchedulerMixin, timestep_to_int
+from ..utils.torch_utils import GeneratorArg
+from .scheduling_utils import KARRAS_COMPATIBLES, AlphaBarSchedulerMixin, SchedulerMixin, noise_like
 
 
 @dataclass
@@ -56,15 +55,7 @@ class DDIMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        self._init_schedule()
-        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self._final_ab = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod64[0])
-
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: str | torch.device | None = None, timesteps: Any = None
-    ) -> None:
-        """Choose the sampling grid: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom ``timesteps``."""
-        self._set_integer_timesteps(num_inference_steps, device, timesteps)
+        self._init_schedule(set_alpha_to_one)
 
     def _prev_timestep(self, t: int) -> int:
         i = self._grid_position(t)
@@ -85,17 +76,13 @@ class DDIMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
     ) -> DDIMSchedulerOutput | tuple:
         """One DDIM step from ``timestep`` to the next grid timestep; ``eta`` scales the added noise (0: none,
         1: DDPM-like). ``variance_noise`` (shaped like ``sample``) replaces drawing from ``generator``."""
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        P.check_same_shape(model_output, sample)
+        t = self._begin_grid_step(model_output, timestep, sample)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
             raise ValueError(f"eta must be a number >= 0, got {eta!r}")
         if variance_noise is not None and generator is not None:
             raise ValueError("pass either generator or variance_noise, not both")
         if variance_noise is not None and tuple(variance_noise.shape) != tuple(sample.shape):
             raise ValueError(f"variance_noise shape {tuple(variance_noise.shape)} must equal sample shape")
-        t = timestep_to_int(timestep)
-        self._check_timestep(t)
         s = self._prev_timestep(t)
 
         # 1. noise levels at t and at the previous timestep s
@@ -110,9 +97,7 @@ class DDIMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         # 3. DDIM update with sigma_t(eta) noise
         std = S.ddim_std(ab_t, ab_s, eta)
         if eta > 0 and variance_noise is None:
-            variance_noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-            )
+            variance_noise = noise_like(model_output, generator)
         prev = S.ddim_step(x0, eps, ab_s, std, variance_noise if eta > 0 else None)
         if not return_dict:
             return prev, x0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,8 +11,8 @@ from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
 from ..utils.outputs import BaseOutput
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .scheduling_utils import KARRAS_COMPATIBLES, AlphaBarSchedulerMixin, SchedulerMixin, timestep_to_int
+from ..utils.torch_utils import GeneratorArg
+from .scheduling_utils import KARRAS_COMPATIBLES, AlphaBarSchedulerMixin, SchedulerMixin, noise_like, timestep_to_int
 
 
 @dataclass
@@ -58,12 +57,6 @@ class DDPMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         self._init_schedule()
         self.variance_type = variance_type
 
-    def set_timesteps(
-        self, num_inference_steps: int | None = None, device: str | torch.device | None = None, timesteps: Any = None
-    ) -> None:
-        """Choose the sampling grid: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom ``timesteps``."""
-        self._set_integer_timesteps(num_inference_steps, device, timesteps)
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -93,10 +86,7 @@ class DDPMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         # 4. add noise, except on the final step
         if t > 0 and s >= 0:
             std = S.ddpm_std(self.variance_type, ab_t, ab_s, predicted_variance)
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-            )
-            prev = prev + std * noise
+            prev = prev + std * noise_like(model_output, generator)
         if not return_dict:
             return prev, x0
         return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

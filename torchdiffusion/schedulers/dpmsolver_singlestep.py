@@ -8,6 +8,7 @@ import torch
 from ..configuration import ConfigMixin, register_to_config
 from ..core import multistep as M
 from ..utils.torch_utils import GeneratorArg
+from .dpmsolver_multistep import DPMSolverMultistepScheduler
 from .multistep_utils import TO_DPM, MultistepMixin, remap_legacy
 from .scheduling_utils import KARRAS_COMPATIBLES, SchedulerMixin, SchedulerOutput
 
@@ -72,8 +73,7 @@ class DPMSolverSinglestepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         self._init_multistep()
         self.sample, self.order_list = None, []
 
-    def _output_form(self) -> str:
-        return "data" if self.config.algorithm_type.endswith("++") else "noise"
+    _output_form = DPMSolverMultistepScheduler._output_form  # "++" algorithms work on x0, the others on eps
 
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None, sigmas=None) -> None:
         """Choose the grid (``num_inference_steps``, custom ``timesteps`` or ``sigmas``) and the order of each step."""

@@ -8,11 +8,10 @@ import torch
 
 from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
-from ..core.schedules import check_choice
 from .dpmsolver_multistep import DPMSolverMultistepScheduler
-from .edm_euler import EDMEulerScheduler
+from .edm_euler import EDMEulerScheduler, check_edm_config
 from .multistep_utils import TO_DPM, MultistepMixin, remap_legacy
-from .scheduling_utils import SchedulerMixin
+from .scheduling_utils import SchedulerMixin, check_noise
 
 
 class EDMDPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
@@ -47,13 +46,9 @@ class EDMDPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin
         final_sigmas_type: str = "zero",
     ):
         remap_legacy(self, TO_DPM, algorithm_type=("dpmsolver++", "sde-dpmsolver++"), solver_type=("midpoint", "heun"))
-        check_choice("sigma_schedule", sigma_schedule, ("karras", "exponential"))
-        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
-        check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
+        check_edm_config(self.config)
         if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order!r}")
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
         self._set(self._grid(num_train_timesteps), None)
         self.num_inference_steps = None
 
@@ -64,6 +59,7 @@ class EDMDPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin
     precondition_noise = EDMEulerScheduler.precondition_noise
     precondition_outputs = EDMEulerScheduler.precondition_outputs
     scale_model_input = EDMEulerScheduler.scale_model_input
+    _set_levels = EDMEulerScheduler._set_levels
     # the DPM-Solver++ update and its order rule: shared with DPMSolverMultistepScheduler
     step = DPMSolverMultistepScheduler.step
     _order = DPMSolverMultistepScheduler._order
@@ -85,11 +81,7 @@ class EDMDPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """``x0 + sigma eps`` with the noise level of each sample's timestep (a value of ``timesteps``)."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != original_samples.shape:
-            raise ValueError(f"noise must be a tensor shaped like original_samples {tuple(original_samples.shape)}")
+        check_noise(noise, original_samples)
         idx = self._indices_for(timesteps, original_samples.shape[0])
         sigma = torch.tensor([self._sig[i] for i in idx], dtype=torch.float64)
         return P.add_noise(original_samples, noise, torch.ones_like(sigma), sigma)
-
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)

@@ -12,13 +12,23 @@ from ..core import prediction as P
 from ..core import solvers as S
 from ..core.schedules import check_choice
 from ..core.spacing import check_custom_sigmas, check_num_inference_steps, exponential_sigmas, karras_sigmas
-from ..utils.torch_utils import GeneratorArg, randn_tensor
+from ..utils.torch_utils import GeneratorArg
 from .scheduling_utils import SchedulerMixin
 from .sigma_utils import SchedulerStepOutput, SigmaStepMixin
 
 
 class EDMEulerSchedulerOutput(SchedulerStepOutput):
     """``prev_sample`` and ``pred_original_sample`` (the preconditioned denoiser output) of one step."""
+
+
+def check_edm_config(config) -> None:
+    """Validate the EDM keys shared with ``EDMDPMSolverMultistepScheduler``; errors name the key."""
+    check_choice("sigma_schedule", config.sigma_schedule, ("karras", "exponential"))
+    check_choice("prediction_type", config.prediction_type, ("epsilon", "v_prediction"))
+    check_choice("final_sigmas_type", config.final_sigmas_type, ("zero", "sigma_min"))
+    lo, hi = config.sigma_min, config.sigma_max
+    if not 0 < lo < hi:
+        raise ValueError(f"sigma_min={lo!r} and sigma_max={hi!r} must satisfy 0 < sigma_min < sigma_max")
 
 
 class EDMEulerScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixin):
@@ -44,13 +54,7 @@ class EDMEulerScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         final_sigmas_type: str = "zero",
     ):
-        check_choice("sigma_schedule", sigma_schedule, ("karras", "exponential"))
-        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
-        check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(
-                f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r} must satisfy 0 < sigma_min < sigma_max"
-            )
+        check_edm_config(self.config)
         self.num_inference_steps = None
         self._set(self._grid(num_train_timesteps + 1), None)
         self.is_scale_input_called = False
@@ -65,10 +69,7 @@ class EDMEulerScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixin):
         s = torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
         if final is None:
             final = float(s[-1]) if self.config.final_sigmas_type == "sigma_min" else 0.0
-        self.timesteps = P.edm_c_noise(s).to(device)
-        self.sigmas = torch.cat([s, torch.tensor([final], dtype=torch.float32)])
-        self._sig = [float(v) for v in self.sigmas]
-        self._reset_steps()
+        self._set_levels(P.edm_c_noise(s), torch.cat([s, torch.tensor([final], dtype=torch.float32)]), device)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas: Any = None) -> None:
         """Either ``num_inference_steps`` levels of the configured grid, or custom ``sigmas`` (descending, > 0)."""
@@ -122,22 +123,12 @@ class EDMEulerScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixin):
         i = self._begin_step(model_output, timestep, sample)
         x = sample.to(torch.float32)
         sigma, sigma_next = self._sig[i], self._sig[i + 1]
-        sigma_hat = S.churn_sigma(sigma, s_churn, s_tmin, s_tmax, len(self._sig) - 1)
-        if sigma_hat > sigma:
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-            )
-            x = x + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        x0 = (
-            self.precondition_outputs(x, model_output, sigma_hat)
-            if pred_original_sample is None
-            else pred_original_sample
-        )
+        x, sigma_hat = self._churn(x, model_output, sigma, (s_churn, s_tmin, s_tmax, s_noise), generator)
+        x0 = pred_original_sample
+        if x0 is None:
+            x0 = self.precondition_outputs(x, model_output, sigma_hat)
         prev = S.euler_step(x, x0, sigma_hat, sigma_next).to(model_output.dtype)
         self._step_index = i + 1
         if not return_dict:
             return prev, x0
         return EDMEulerSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
-
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)

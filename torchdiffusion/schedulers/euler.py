@@ -9,7 +9,7 @@ from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
 from ..core.schedules import check_choice
-from ..utils.torch_utils import GeneratorArg, randn_tensor
+from ..utils.torch_utils import GeneratorArg
 from .scheduling_utils import KARRAS_COMPATIBLES, SchedulerMixin
 from .sigma_utils import KarrasSigmaMixin, SchedulerStepOutput
 
@@ -85,12 +85,7 @@ class EulerDiscreteScheduler(KarrasSigmaMixin, SchedulerMixin, ConfigMixin):
         x = sample.to(torch.float32)
         sigma, sigma_next = self._sig[i], self._sig[i + 1]
         # 1. churn: raise the noise level to sigma_hat by adding fresh noise (off by default)
-        sigma_hat = S.churn_sigma(sigma, s_churn, s_tmin, s_tmax, len(self._sig) - 1)
-        if sigma_hat > sigma:
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-            )
-            x = x + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        x, sigma_hat = self._churn(x, model_output, sigma, (s_churn, s_tmin, s_tmax, s_noise), generator)
         # 2. denoised estimate, 3. Euler step to the next noise level
         x0 = P.x0_from_ve(model_output, x, sigma_hat, self.config.prediction_type, sigma_v=sigma)
         prev = S.euler_step(x, x0, sigma_hat, sigma_next).to(model_output.dtype)

@@ -8,8 +8,8 @@ import torch
 from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .scheduling_utils import KARRAS_COMPATIBLES, SchedulerMixin
+from ..utils.torch_utils import GeneratorArg
+from .scheduling_utils import KARRAS_COMPATIBLES, SchedulerMixin, noise_like
 from .sigma_utils import KarrasSigmaMixin, SchedulerStepOutput
 
 
@@ -60,10 +60,7 @@ class EulerAncestralDiscreteScheduler(KarrasSigmaMixin, SchedulerMixin, ConfigMi
         sigma_down, sigma_up = S.ancestral_sigmas(sigma, sigma_next)
         # 3. Euler step down to sigma_down, 4. fresh noise of size sigma_up
         prev = S.euler_step(x, x0, sigma, sigma_down)
-        noise = randn_tensor(
-            model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-        )
-        prev = (prev + noise * sigma_up).to(model_output.dtype)
+        prev = (prev + noise_like(model_output, generator) * sigma_up).to(model_output.dtype)
         self._step_index = i + 1
         if not return_dict:
             return prev, x0

@@ -12,8 +12,8 @@ from ..configuration import ConfigMixin, register_to_config
 from ..core import spacing as G
 from ..core.schedules import check_choice
 from ..utils.outputs import BaseOutput
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .scheduling_utils import SchedulerMixin
+from ..utils.torch_utils import GeneratorArg
+from .scheduling_utils import SchedulerMixin, check_noise, noise_like
 from .sigma_utils import SigmaStepMixin
 
 
@@ -54,13 +54,11 @@ class FlowMatchEulerDiscreteScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixi
     ):
         check_choice("time_shift_type", time_shift_type, ("exponential", "linear"))
         G.sigma_grid_kind(self.config)
-        if not shift > 0:
-            raise ValueError(f"shift must be > 0, got {shift!r}")
+        self.set_shift(shift)
         if shift_terminal is not None and not 0 <= shift_terminal < 1:
             raise ValueError(f"shift_terminal must be in [0, 1), got {shift_terminal!r}")
         s = np.linspace(1, num_train_timesteps, num_train_timesteps)[::-1] / num_train_timesteps
         s = s if use_dynamic_shifting else G.flow_shift(s, shift)
-        self._shift = shift
         self._set(torch.from_numpy(s).float(), None, final=None)
         self.sigma_min, self.sigma_max = float(self.sigmas[-1]), float(self.sigmas[0])
         self.num_inference_steps = None
@@ -71,15 +69,14 @@ class FlowMatchEulerDiscreteScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixi
         return self._shift
 
     def set_shift(self, shift: float) -> None:
+        """Set the static shift (> 0) that later ``set_timesteps`` calls apply."""
         if not shift > 0:
             raise ValueError(f"shift must be > 0, got {shift!r}")
         self._shift = shift
 
     def _set(self, sigmas: torch.Tensor, timesteps: torch.Tensor | None, final: float | None, device: Any = None):
-        self.timesteps = (sigmas * self.config.num_train_timesteps if timesteps is None else timesteps).to(device)
-        self.sigmas = sigmas if final is None else torch.cat([sigmas, torch.tensor([final])])
-        self._sig = [float(v) for v in self.sigmas]
-        self._reset_steps()
+        ts = sigmas * self.config.num_train_timesteps if timesteps is None else timesteps
+        self._set_levels(ts, sigmas if final is None else torch.cat([sigmas, torch.tensor([final])]), device)
 
     def set_timesteps(
         self,
@@ -111,15 +108,12 @@ class FlowMatchEulerDiscreteScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixi
 
     def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
         """Forward process ``(1 - s) x0 + s eps`` at each timestep's noise level (image-to-image)."""
-        idx = self._indices_for(timestep, sample.shape[0])
-        s = torch.tensor([self._sig[i] for i in idx], dtype=sample.dtype, device=sample.device)
-        s = s.view(-1, *([1] * (sample.ndim - 1)))
+        s = self._sigma_of(timestep, sample)
         return s * noise + (1.0 - s) * sample
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """Same as :meth:`scale_noise` with the argument order of the other schedulers."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != original_samples.shape:
-            raise ValueError(f"noise must be a tensor shaped like original_samples {tuple(original_samples.shape)}")
+        check_noise(noise, original_samples)
         return self.scale_noise(original_samples, timesteps, noise)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any = None) -> torch.Tensor:
@@ -146,13 +140,10 @@ class FlowMatchEulerDiscreteScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixi
         s, s_next = self._sig[i], self._sig[i + 1]
         if self.config.stochastic_sampling:
             x0 = x - s * model_output
-            noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = noise_like(x, generator)
             prev = (1.0 - s_next) * x0 + s_next * noise
         else:
             prev = x + (s_next - s) * model_output
         prev = prev.to(model_output.dtype)
         self._step_index = i + 1
         return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
-
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)

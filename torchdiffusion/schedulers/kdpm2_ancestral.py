@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
 from ..core import solvers as S
 from ..utils.torch_utils import GeneratorArg
-from .kdpm2 import DPM2Base
-from .sigma_utils import SchedulerStepOutput
+from .sigma_utils import DPM2Base, SchedulerStepOutput
 
 
 class KDPM2AncestralDiscreteSchedulerOutput(SchedulerStepOutput):
@@ -18,26 +16,8 @@ class KDPM2AncestralDiscreteSchedulerOutput(SchedulerStepOutput):
 
 class KDPM2AncestralDiscreteScheduler(DPM2Base):
     """Ancestral DPM2: each step is a DPM2 step down to ``sigma_down`` followed by fresh noise ``sigma_up``
-    (see ``core.solvers.ancestral_sigmas``). Stochastic: pass ``generator`` for reproducible samples."""
-
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        prediction_type: str = "epsilon",
-        timestep_spacing: str = "linspace",
-        steps_offset: int = 0,
-    ):
-        self._init_sigmas()
-        self.set_timesteps(num_train_timesteps)
-        self.num_inference_steps = None
+    (see ``core.solvers.ancestral_sigmas``). Stochastic: pass ``generator`` for reproducible samples.
+    Arguments and defaults (the config) are KDPM2's, see :class:`~torchdiffusion.schedulers.sigma_utils.DPM2Base`."""
 
     def _split(self, sig: np.ndarray) -> list[tuple[float, float]]:
         return [S.ancestral_sigmas(float(sig[k]), float(sig[k + 1])) for k in range(len(sig) - 1)]

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 
-from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
-from ..core import spacing as G
 from ..utils.outputs import BaseOutput
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .scheduling_utils import AlphaBarSchedulerMixin, SchedulerMixin, StepIndexMixin, timestep_to_int
+from ..utils.torch_utils import GeneratorArg
+from .consistency_utils import ConsistencyBase
+from .scheduling_utils import noise_like
 
 
 @dataclass
@@ -25,89 +22,10 @@ class LCMSchedulerOutput(BaseOutput):
     denoised: torch.Tensor | None = None
 
 
-class ConsistencyBase(StepIndexMixin, AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
-    """Grid and bookkeeping shared by LCM and TCD: timesteps picked from the distillation grid."""
-
-    _compatibles: list[str] = []
-    order = 1
-
-    def _origin(self, original_inference_steps: int | None, strength: float) -> np.ndarray:
-        steps = (
-            original_inference_steps if original_inference_steps is not None else self.config.original_inference_steps
-        )
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= len(self.schedule):
-            raise ValueError(f"original_inference_steps must be an int in [1, {len(self.schedule)}], got {steps!r}")
-        return G.distilled_timesteps(len(self.schedule), steps, strength)
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        original_inference_steps: int | None = None,
-        timesteps: Any = None,
-        strength: float = 1.0,
-    ) -> None:
-        """``num_inference_steps`` from the distillation grid (``original_inference_steps`` points, the first
-        ``strength`` share for image-to-image), or custom descending ``timesteps``."""
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("pass exactly one of num_inference_steps or timesteps")
-        origin = self._origin(original_inference_steps, strength)
-        if timesteps is not None:
-            grid = G.check_custom_timesteps(timesteps, len(self.schedule))
-            self.num_inference_steps, self.custom_timesteps = len(grid), True
-            grid = grid[max(len(grid) - min(int(len(grid) * strength), len(grid)), 0) :]
-        else:
-            n = G.check_num_inference_steps(num_inference_steps, len(self.schedule))
-            if n > len(origin):
-                raise ValueError(
-                    f"num_inference_steps={n} is more than the {len(origin)} distillation timesteps available "
-                    "(original_inference_steps x strength); use fewer steps or a larger strength"
-                )
-            grid, self.num_inference_steps, self.custom_timesteps = G.subsample_descending(origin, n), n, False
-        self._set_grid(grid, device)
-        self._reset_steps()
-
-    def _current(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> tuple[int, int, int]:
-        """Validate; return (step index, t, next timestep or -1 after the last)."""
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(...) before step()")
-        P.check_same_shape(model_output, sample)
-        t = timestep_to_int(timestep)
-        i = self._index_for_step(timestep)
-        nxt = self._grid[i + 1] if i + 1 < len(self._grid) else -1
-        return i, t, nxt
-
-
 class LCMScheduler(ConsistencyBase):
     """Each step maps ``x_t`` to the consistency function's ``x0`` (``c_skip x + c_out x0_hat``) and re-noises it
-    to the next timestep; the last step returns the denoised sample ("LCM" in A1111/ComfyUI)."""
-
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        self._init_schedule()
-        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self._final_ab = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod64[0])
+    to the next timestep; the last step returns the denoised sample ("LCM" in A1111/ComfyUI). Arguments and
+    defaults (the config): see :class:`~torchdiffusion.schedulers.consistency_utils.ConsistencyBase`."""
 
     def get_scalings_for_boundary_condition_discrete(self, timestep: int) -> tuple[float, float]:
         """``(c_skip, c_out)`` at ``timestep`` (``sigma_data = 0.5``)."""
@@ -133,9 +51,7 @@ class LCMScheduler(ConsistencyBase):
         # 3. re-noise to the next timestep, except after the last
         prev = denoised
         if i != len(self._grid) - 1:
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=denoised.dtype
-            )
+            noise = noise_like(model_output, generator, denoised.dtype)
             prev = ab_prev**0.5 * denoised + (1 - ab_prev) ** 0.5 * noise
         self._step_index = i + 1
         return LCMSchedulerOutput(prev_sample=prev, denoised=denoised) if return_dict else (prev, denoised)

@@ -19,8 +19,7 @@ from ..core.grids import multistep_schedule
 from ..core.prediction import ALPHA_BAR_FLOOR
 from ..core.schedules import NoiseSchedule, check_choice
 from ..core.spacing import sigma_grid_kind
-from ..utils.torch_utils import randn_tensor
-from .scheduling_utils import StepIndexMixin, check_config
+from .scheduling_utils import StepIndexMixin, check_config, check_noise, noise_like
 
 MULTISTEP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 # Values another solver family writes into a shared config; Diffusers maps them to this family's default on swaps.
@@ -151,7 +150,7 @@ class MultistepMixin(StepIndexMixin):
             if tuple(variance_noise.shape) != tuple(model_output.shape):
                 raise ValueError(f"variance_noise shape {tuple(variance_noise.shape)} must equal the sample's")
             return variance_noise.to(device=model_output.device, dtype=torch.float32)
-        return randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=torch.float32)
+        return noise_like(model_output, generator, torch.float32)
 
     def _begin(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> int:
         if self.num_inference_steps is None:
@@ -169,12 +168,8 @@ class MultistepMixin(StepIndexMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """``alpha x0 + sigma eps`` at the noise level of each sample's timestep (looked up in ``timesteps``;
         before ``set_timesteps`` every training timestep is there with its training noise level)."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != original_samples.shape:
-            raise ValueError(f"noise must be a tensor shaped like original_samples {tuple(original_samples.shape)}")
+        check_noise(noise, original_samples)
         idx = self._indices_for(timesteps, original_samples.shape[0])
         a = torch.tensor([self._levels[i][0] for i in idx], dtype=torch.float64)
         s = torch.tensor([self._levels[i][1] for i in idx], dtype=torch.float64)
         return P.add_noise(original_samples, noise, a, s)
-
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)

@@ -8,13 +8,7 @@ import torch
 from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
-from .scheduling_utils import (
-    KARRAS_COMPATIBLES,
-    AlphaBarSchedulerMixin,
-    SchedulerMixin,
-    SchedulerOutput,
-    timestep_to_int,
-)
+from .scheduling_utils import KARRAS_COMPATIBLES, AlphaBarSchedulerMixin, SchedulerMixin, SchedulerOutput
 
 
 class PNDMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
@@ -42,9 +36,7 @@ class PNDMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
     ):
-        self._init_schedule()
-        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self._final_ab = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod64[0])
+        self._init_schedule(set_alpha_to_one)
         self.timesteps = self.prk_timesteps = self.plms_timesteps = None
         self._reset()
 
@@ -89,11 +81,7 @@ class PNDMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
         self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, return_dict: bool = True
     ) -> SchedulerOutput | tuple:
         """Run the PRK or the PLMS update, whichever phase this call belongs to; shapes ``(B, C, ...)``."""
-        if self.num_inference_steps is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        P.check_same_shape(model_output, sample)
-        t = timestep_to_int(timestep)
-        self._check_timestep(t)
+        t = self._begin_grid_step(model_output, timestep, sample)
         eps = self._eps(model_output, sample, t)
         prk = self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps
         prev = self._step_prk(eps, t, sample) if prk else self._step_plms(eps, t, sample)

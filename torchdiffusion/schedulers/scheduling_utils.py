@@ -28,6 +28,7 @@ from ..core.schedules import NoiseSchedule, check_choice
 from ..core.solvers import VARIANCE_TYPES
 from ..core.spacing import TIMESTEP_SPACINGS, check_custom_timesteps, timestep_grid
 from ..utils.outputs import BaseOutput
+from ..utils.torch_utils import randn_tensor
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
@@ -133,6 +134,18 @@ def timestep_to_int(timestep: Any, name: str = "timestep") -> int:
     return int(timestep)
 
 
+def check_noise(noise: Any, like: torch.Tensor, name: str = "original_samples") -> None:
+    """``ValueError`` unless ``noise`` is a tensor shaped like ``like`` (the argument called ``name``)."""
+    if not isinstance(noise, torch.Tensor) or noise.shape != like.shape:
+        raise ValueError(f"noise must be a tensor shaped like {name} {tuple(like.shape)}")
+
+
+def noise_like(tensor: torch.Tensor, generator: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``tensor``, on its device (CPU-drawn from ``generator``, see
+    ``randn_tensor``), in ``dtype`` (default: ``tensor``'s)."""
+    return randn_tensor(tensor.shape, generator=generator, device=tensor.device, dtype=dtype or tensor.dtype)
+
+
 def check_config(config) -> None:
     """Validate the keys common to many schedulers (only those present in ``config``); errors name the key."""
     for key, allowed in (
@@ -163,8 +176,9 @@ class AlphaBarSchedulerMixin:
 
     init_noise_sigma = 1.0  # the initial noise is standard normal
 
-    def _init_schedule(self) -> None:
-        """Call at the end of ``__init__``: validates the config and builds the noise schedule."""
+    def _init_schedule(self, set_alpha_to_one: bool | None = None) -> None:
+        """Call at the end of ``__init__``: validates the config and builds the noise schedule; schedulers with a
+        ``set_alpha_to_one`` argument pass it (the final step goes to ``alpha_bar = 1``, else to ``alpha_bar_0``)."""
         check_config(self.config)
         self.schedule = NoiseSchedule.from_config(self.config)
         self.betas, self.alphas, self.alphas_cumprod = (
@@ -177,12 +191,21 @@ class AlphaBarSchedulerMixin:
         self.custom_timesteps = False
         self._set_grid(np.arange(len(self.schedule))[::-1].copy(), None)
         self._coeff_cache: dict = {}
+        if set_alpha_to_one is not None:
+            self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+            self._final_ab = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod64[0])
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """These schedulers feed the sample to the model unscaled."""
         return sample
 
     # ---- grids ---------------------------------------------------------------------------------------------
+    def set_timesteps(
+        self, num_inference_steps: int | None = None, device: str | torch.device | None = None, timesteps: Any = None
+    ) -> None:
+        """Choose the sampling grid: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom ``timesteps``."""
+        self._set_integer_timesteps(num_inference_steps, device, timesteps)
+
     def _set_grid(self, timesteps: np.ndarray, device) -> None:
         self.timesteps = torch.from_numpy(np.asarray(timesteps, dtype=np.int64)).to(device)
         self._grid = [int(t) for t in timesteps]
@@ -230,6 +253,15 @@ class AlphaBarSchedulerMixin:
         if not 0 <= t < len(self.schedule):
             raise ValueError(f"timestep={t} is outside the training range [0, {len(self.schedule) - 1}]")
 
+    def _begin_grid_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> int:
+        """Validate ``step`` arguments of a scheduler that needs ``set_timesteps`` first; return the timestep."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        P.check_same_shape(model_output, sample)
+        t = timestep_to_int(timestep)
+        self._check_timestep(t)
+        return t
+
     # ---- forward process -----------------------------------------------------------------------------------
     def _noise_coeffs(self, timesteps: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` for (per-sample) ``timesteps``, on ``like``'s device."""
@@ -256,15 +288,13 @@ class AlphaBarSchedulerMixin:
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """Forward process ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps``; ``timesteps`` scalar or ``(B,)``."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != original_samples.shape:
-            raise ValueError(f"noise must be a tensor shaped like original_samples {tuple(original_samples.shape)}")
+        check_noise(noise, original_samples)
         a, s = self._noise_coeffs(timesteps, original_samples)
         return P.add_noise(original_samples, noise, a, s)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """The ``v_prediction`` target ``sqrt(ab_t) eps - sqrt(1 - ab_t) x0`` (``sample`` is ``x0``)."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != sample.shape:
-            raise ValueError(f"noise must be a tensor shaped like sample {tuple(sample.shape)}")
+        check_noise(noise, sample, "sample")
         a, s = self._noise_coeffs(timesteps, sample)
         return P.get_velocity(sample, noise, a, s)
 

@@ -1,4 +1,5 @@
-"""Shared base of the k-diffusion style schedulers (Euler, Euler ancestral, Heun, LMS, KDPM2, KDPM2 ancestral).
+"""Shared base of the k-diffusion style schedulers (Euler, Euler ancestral, Heun, LMS, KDPM2, KDPM2 ancestral),
+and ``DPM2Base``, the config and two-call step of both KDPM2 schedulers.
 
 They sample in variance-exploding form ``x = x0 + sigma eps`` over the noise levels of a discrete training
 schedule: the model is fed ``x / sqrt(1 + sigma^2)`` (what it saw in training) at fractional timesteps.
@@ -12,11 +13,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
+from ..core import solvers as S
 from ..core.prediction import ALPHA_BAR_FLOOR
-from ..core.spacing import discrete_sigma_schedule, sigma_grid_kind
+from ..core.spacing import discrete_sigma_schedule, sigma_grid_kind, sigma_to_t
 from ..utils.outputs import BaseOutput
-from .scheduling_utils import AlphaBarSchedulerMixin, StepIndexMixin, reject_integer_index
+from .scheduling_utils import (
+    KARRAS_COMPATIBLES,
+    AlphaBarSchedulerMixin,
+    SchedulerMixin,
+    StepIndexMixin,
+    check_noise,
+    noise_like,
+    reject_integer_index,
+)
 
 
 @dataclass
@@ -51,18 +62,38 @@ class SigmaStepMixin(StepIndexMixin):
         P.check_same_shape(model_output, sample)
         return self._index_for_step(timestep)
 
+    def _churn(
+        self, x: torch.Tensor, model_output: torch.Tensor, sigma: float, churn: tuple, generator: Any
+    ) -> tuple[torch.Tensor, float]:
+        """Stochastic churn (Karras et al. 2022, Alg. 2), ``churn = (s_churn, s_tmin, s_tmax, s_noise)``: returns
+        ``(x, sigma_hat)``, ``x`` raised from ``sigma`` to ``sigma_hat`` by fresh noise (drawn like
+        ``model_output``, scaled by ``s_noise``); unchanged when ``s_churn`` is 0 or sigma is outside the range."""
+        s_churn, s_tmin, s_tmax, s_noise = churn
+        sigma_hat = S.churn_sigma(sigma, s_churn, s_tmin, s_tmax, len(self._sig) - 1)
+        if sigma_hat > sigma:
+            x = x + noise_like(model_output, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        return x, sigma_hat
+
+    def _set_levels(self, timesteps: torch.Tensor, sigmas: torch.Tensor, device: Any = None) -> None:
+        """Install a grid: ``timesteps`` ``(n,)`` (moved to ``device``), ``sigmas`` ``(n + 1,)`` ending in the final."""
+        self.timesteps = timesteps.to(device)
+        self.sigmas = sigmas
+        self._sig = sigmas.tolist()  # Python floats for the per-step maths
+        self._reset_steps()
+
+    def _sigma_of(self, timesteps: Any, like: torch.Tensor) -> torch.Tensor:
+        """The noise level of each sample's timestep, ``(B, 1, ...)`` in ``like``'s dtype and device."""
+        idx = self._indices_for(timesteps, like.shape[0])
+        return P.expand_as(torch.tensor([self._sig[i] for i in idx], dtype=like.dtype, device=like.device), like)
+
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """``x0 + sigma_t eps`` with the sigma of each sample's timestep (from this scheduler's ``timesteps``)."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != original_samples.shape:
-            raise ValueError(f"noise must be a tensor shaped like original_samples {tuple(original_samples.shape)}")
-        idx = self._indices_for(timesteps, original_samples.shape[0])
-        sigma = torch.tensor([self._sig[i] for i in idx], dtype=original_samples.dtype, device=original_samples.device)
-        return original_samples + P.expand_as(sigma, original_samples) * noise
+        check_noise(noise, original_samples)
+        return original_samples + self._sigma_of(timesteps, original_samples) * noise
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """The ``v_prediction`` target at the noise level of each sample's timestep (``sample`` is ``x0``)."""
-        if not isinstance(noise, torch.Tensor) or noise.shape != sample.shape:
-            raise ValueError(f"noise must be a tensor shaped like sample {tuple(sample.shape)}")
+        check_noise(noise, sample, "sample")
         idx = [self.index_for_timestep(v) for v in torch.as_tensor(timesteps).flatten().tolist()]
         s = torch.tensor([self._sig[i] for i in idx], dtype=torch.float64)
         a, sv = (1 / (1 + s**2)).sqrt(), (s**2 / (1 + s**2)).sqrt()
@@ -90,10 +121,8 @@ class KarrasSigmaMixin(SigmaStepMixin, AlphaBarSchedulerMixin):
         self.num_inference_steps = None
 
     def _set_sigma_grid(self, timesteps: np.ndarray, sigmas: np.ndarray, device: Any = None) -> None:
-        self.timesteps = torch.from_numpy(np.asarray(timesteps, dtype=np.float32)).to(device)
-        self.sigmas = torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
-        self._sig = [float(s) for s in self.sigmas]  # Python floats for the per-step maths
-        self._reset_steps()
+        ts, sig = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (timesteps, sigmas))
+        self._set_levels(ts, sig, device)
 
     def _compute_sigma_schedule(self, num_inference_steps=None, timesteps=None, sigmas=None):
         """``(timesteps, sigmas)`` float64 arrays for this config (see ``core.spacing.discrete_sigma_schedule``)."""
@@ -131,5 +160,78 @@ class KarrasSigmaMixin(SigmaStepMixin, AlphaBarSchedulerMixin):
         """Noise level of model call ``i`` (two-stage samplers override it for their second call)."""
         return self._sig[i]
 
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)
+
+class DPM2Base(KarrasSigmaMixin, SchedulerMixin, ConfigMixin):
+    """Config (the same arguments and defaults in Diffusers) and the two-call DPM2 step shared by KDPM2 and its
+    ancestral variant; subclasses pick the step table."""
+
+    _compatibles = KARRAS_COMPATIBLES
+    order = 2
+    _round_karras_timesteps = True
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+    ):
+        self._init_sigmas()
+        self.set_timesteps(num_train_timesteps)
+        self.num_inference_steps = None
+
+    def _midpoints(self, sig: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _step_table(self, sig: np.ndarray, mid: np.ndarray) -> list[tuple[float, float, float, float]]:
+        raise NotImplementedError
+
+    def set_timesteps(
+        self, num_inference_steps=None, device=None, num_train_timesteps=None, timesteps=None, sigmas=None
+    ):
+        """Pick the grid (``num_inference_steps``, custom ``timesteps`` or ``sigmas``) and lay out the 2-stage calls."""
+        two_stage_check(num_train_timesteps, self.config)
+        ts, sig = self._compute_sigma_schedule(num_inference_steps, timesteps, sigmas)
+        mid = self._midpoints(sig)
+        t_mid = sigma_to_t(mid[:-1], np.log(self._train_sigmas))
+        calls = np.concatenate([[ts[0]], np.stack([t_mid, ts[1:]], axis=1).reshape(-1)])
+        self._set_sigma_grid(calls, interleave(sig[0], sig[1:], sig[-1]), device)
+        self._steps = self._step_table(sig, mid)
+        self.num_inference_steps = len(ts)
+        self.sample = None
+
+    def _input_sigma(self, i: int) -> float:
+        sigma, mid = self._steps[i // 2][:2]
+        return sigma if self.state_in_first_order else mid
+
+    @property
+    def state_in_first_order(self) -> bool:
+        """True when the next call is the first of a step."""
+        return self.sample is None
+
+    def _stage(self, model_output, timestep, sample, generator=None):
+        i = self._begin_step(model_output, timestep, sample)
+        sigma, mid, sigma_to, sigma_up = self._steps[i // 2]
+        first = self.state_in_first_order
+        # 1. denoised estimate at the level the model was called at (sigma, or the midpoint)
+        x0 = P.x0_from_ve(model_output, sample, sigma if first else mid, self.config.prediction_type)
+        if first:  # 2a. Euler to the midpoint
+            self.sample = sample
+            prev = S.euler_step(sample, x0, sigma, mid)
+        else:  # 2b. full step from the remembered start with the midpoint slope
+            prev = self.sample + S.to_d(sample, x0, mid) * (sigma_to - sigma)
+            self.sample = None
+            if sigma_up > 0:
+                prev = prev + noise_like(model_output, generator) * sigma_up
+        if i + 1 == len(self._timestep_values):  # run over: no second stage pending
+            self.sample = None
+        self._step_index = i + 1
+        return prev, x0

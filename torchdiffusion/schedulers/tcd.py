@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..configuration import register_to_config
 from ..core import prediction as P
 from ..core import spacing as G
 from ..utils.outputs import BaseOutput
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .lcm import ConsistencyBase
+from ..utils.torch_utils import GeneratorArg
+from .consistency_utils import ConsistencyBase
+from .scheduling_utils import noise_like
 
 
 @dataclass
@@ -26,32 +26,9 @@ class TCDSchedulerOutput(BaseOutput):
 
 class TCDScheduler(ConsistencyBase):
     """Each step jumps from t to ``s = floor((1 - eta) t_next)`` along the x0/eps estimates (DDIM-style), then
-    adds fresh noise back up to ``t_next``. ``eta`` (``gamma`` in the paper) in [0, 1] sets the stochasticity."""
-
-    @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        self._init_schedule()
-        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self._final_ab = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod64[0])
+    adds fresh noise back up to ``t_next``. ``eta`` (``gamma`` in the paper) in [0, 1] sets the stochasticity.
+    Arguments and defaults (the config) are LCM's, see
+    :class:`~torchdiffusion.schedulers.consistency_utils.ConsistencyBase`."""
 
     def _origin(self, original_inference_steps: int | None, strength: float) -> np.ndarray:
         # As Diffusers: an explicit original_inference_steps means "every training step" for TCD.
@@ -82,9 +59,7 @@ class TCDScheduler(ConsistencyBase):
         # 3. forward-diffuse from s back to the next timestep (not after the last step)
         prev = noised
         if eta > 0 and i != len(self._grid) - 1:
-            noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=noised.dtype
-            )
+            noise = noise_like(model_output, generator, noised.dtype)
             prev = (ab_prev / ab_s) ** 0.5 * noised + (1 - ab_prev / ab_s) ** 0.5 * noise
         self._step_index = i + 1
         return TCDSchedulerOutput(prev_sample=prev, pred_noised_sample=noised) if return_dict else (prev, noised)

@@ -1,5 +1,6 @@
-"""Building blocks shared by the named UNet blocks: resnet / spatial-attention constructors, the shared
-down / up forward passes, and ``UNetMidBlock2D``. Shapes: ``(B, C, H, W)`` maps, ``temb`` ``(B, temb_channels)``.
+"""Building blocks shared by the named UNet blocks: resnet / spatial-attention constructors, the builders of a
+block's ``resnets`` / ``attentions`` / ``downsamplers`` / ``upsamplers`` lists, the shared down / up forward passes,
+and ``UNetMidBlock2D``. Shapes: ``(B, C, H, W)`` maps, ``temb`` ``(B, temb_channels)``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 from ..modeling import checkpointed
 from .attention import Attention
 from .resnet import ResnetBlock2D
+from .sampling import Downsample2D, Upsample2D
 
 
 def make_resnet(
@@ -65,34 +67,120 @@ def make_spatial_attention(
     )
 
 
+def resnet_stack(
+    in_channels: int,
+    out_channels: int,
+    temb_channels: int | None,
+    num_layers: int,
+    r: Sequence[Any],
+    prev_output_channel: int | None = None,
+    **extra: Any,
+) -> nn.ModuleList:
+    """A block's ``resnets``: ``num_layers`` ResnetBlock2D to ``out_channels``; ``r`` holds :func:`make_resnet`'s
+    ``(eps, groups, dropout, norm, act, scale[, pre_norm])``. The first reads ``in_channels``, the others
+    ``out_channels``; an up block (``prev_output_channel`` given) reads previous output + skip (:func:`_up_in`)."""
+    if prev_output_channel is None:
+        widths = [in_channels] + [out_channels] * (num_layers - 1)
+    else:
+        widths = [_up_in(i, num_layers, in_channels, prev_output_channel, out_channels) for i in range(num_layers)]
+    return nn.ModuleList(make_resnet(cin, out_channels, temb_channels, *r, **extra) for cin in widths[:num_layers])
+
+
+def attention_stack(
+    channels: int, head_dim: int | None, eps: float, groups: int | None, scale: float, num_layers: int
+) -> nn.ModuleList:
+    """A block's ``attentions``: ``num_layers`` spatial self-attentions (:func:`make_spatial_attention`)."""
+    return nn.ModuleList(make_spatial_attention(channels, head_dim, eps, groups, scale) for _ in range(num_layers))
+
+
+def resamplers(
+    kind: str | None,
+    up: bool,
+    channels: int,
+    temb_channels: int | None = None,
+    r: Sequence[Any] = (),
+    padding: int = 1,
+    **extra: Any,
+) -> nn.ModuleList | None:
+    """A block's ``downsamplers`` (``up=False``) or ``upsamplers``: ``"conv"`` a stride-2 conv (``padding``) or a
+    nearest x2 + conv, ``"resnet"`` a resampling ResnetBlock2D (``r``, ``extra`` as in :func:`make_resnet`),
+    ``None`` none."""
+    if kind == "conv":
+        if up:
+            return nn.ModuleList([Upsample2D(channels, use_conv=True, out_channels=channels)])
+        return nn.ModuleList([Downsample2D(channels, use_conv=True, out_channels=channels, padding=padding, name="op")])
+    if kind == "resnet":
+        return nn.ModuleList([make_resnet(channels, channels, temb_channels, *r, **extra, up=up, down=not up)])
+    return None
+
+
 class _DownStack(nn.Module):
-    """Shared forward: ``resnet (-> attention)`` per layer, each output kept as a skip, then the downsampler."""
+    """Shared forward: ``resnet (-> attention)`` per layer, each output kept as a skip, then the downsampler.
+    Cross-attention blocks reuse :meth:`_layers` with their attention arguments."""
 
     has_cross_attention = False
     resnet_downsampler = False  # the downsampler is a ResnetBlock2D (takes temb)
 
-    def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any
+    def _layers(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor | None, *attn_args: Any
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(hidden_states, skips)`` after the resnets (and ``attention(h, *attn_args)``), one skip per layer."""
         states: tuple[torch.Tensor, ...] = ()
         attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
         for resnet, attn in zip(self.resnets, attentions):
             hidden_states = checkpointed(self, resnet, hidden_states, temb)
             if attn is not None:
-                hidden_states = attn(hidden_states)
+                hidden_states = attn(hidden_states, *attn_args)
             states += (hidden_states,)
+        return hidden_states, states
+
+    def _downsample(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor | None, states: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         if self.downsamplers is not None:
             for down in self.downsamplers:
                 hidden_states = down(hidden_states, temb) if self.resnet_downsampler else down(hidden_states)
             states += (hidden_states,)
         return hidden_states, states
 
+    def forward(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        hidden_states, states = self._layers(hidden_states, temb)
+        return self._downsample(hidden_states, temb, states)
+
 
 class _UpStack(nn.Module):
-    """Shared forward: per layer concat the next skip, ``resnet (-> attention)``; then the upsampler."""
+    """Shared forward: per layer concat the next skip, ``resnet (-> attention)``; then the upsampler.
+    Cross-attention blocks reuse :meth:`_layers` with their attention arguments."""
 
     has_cross_attention = False
     resnet_upsampler = False
+
+    def _layers(
+        self,
+        hidden_states: torch.Tensor,
+        res_hidden_states_tuple: Sequence[torch.Tensor],
+        temb: torch.Tensor | None,
+        *attn_args: Any,
+    ) -> torch.Tensor:
+        """Concat the skips (last first) one per layer, each followed by resnet (and ``attention(h, *attn_args)``)."""
+        skips = list(res_hidden_states_tuple)
+        attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
+        for resnet, attn in zip(self.resnets, attentions):
+            hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
+            hidden_states = checkpointed(self, resnet, hidden_states, temb)
+            if attn is not None:
+                hidden_states = attn(hidden_states, *attn_args)
+        return hidden_states
+
+    def _upsample(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor | None, upsample_size: Sequence[int] | None
+    ) -> torch.Tensor:
+        if self.upsamplers is not None:
+            for up in self.upsamplers:
+                hidden_states = up(hidden_states, temb) if self.resnet_upsampler else up(hidden_states, upsample_size)
+        return hidden_states
 
     def forward(
         self,
@@ -103,17 +191,24 @@ class _UpStack(nn.Module):
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        skips = list(res_hidden_states_tuple)
-        attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
-        for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
-            hidden_states = checkpointed(self, resnet, hidden_states, temb)
-            if attn is not None:
-                hidden_states = attn(hidden_states)
-        if self.upsamplers is not None:
-            for up in self.upsamplers:
-                hidden_states = up(hidden_states, temb) if self.resnet_upsampler else up(hidden_states, upsample_size)
-        return hidden_states
+        hidden_states = self._layers(hidden_states, res_hidden_states_tuple, temb)
+        return self._upsample(hidden_states, temb, upsample_size)
+
+
+def run_level(
+    block: nn.Module, hidden_states: torch.Tensor, temb: torch.Tensor | None, samplers: nn.ModuleList | None
+) -> torch.Tensor:
+    """Forward of a VAE encoder / decoder level (no skips): ``resnet(h, temb) (-> attention)`` per layer, then
+    each of ``samplers`` (the block's ``downsamplers`` / ``upsamplers``) on ``h``."""
+    attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+    for resnet, attn in zip(block.resnets, attentions):
+        hidden_states = resnet(hidden_states, temb)
+        if attn is not None:
+            hidden_states = attn(hidden_states, temb=temb)
+    if samplers is not None:
+        for sampler in samplers:
+            hidden_states = sampler(hidden_states)
+    return hidden_states
 
 
 def _up_in(i: int, num_layers: int, in_channels: int, prev_output_channel: int, out_channels: int) -> int:
@@ -150,9 +245,7 @@ class UNetMidBlock2D(nn.Module):
             attn_groups = resnet_groups if resnet_time_scale_shift == "default" else None
         self.add_attention = add_attention
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(in_channels, in_channels, temb_channels, *r) for _ in range(num_layers + 1)
-        )
+        self.resnets = resnet_stack(in_channels, in_channels, temb_channels, num_layers + 1, r)
         self.attentions = nn.ModuleList(
             make_spatial_attention(in_channels, attention_head_dim, resnet_eps, attn_groups, output_scale_factor)
             if add_attention

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from ..modeling import checkpointed
-from .resnet import ResnetBlock2D
-from .sampling import Downsample2D, Upsample2D
+from .blocks_common import _DownStack, _UpStack, make_resnet, resamplers, resnet_stack
 from .transformer import Transformer2DModel
 
 
@@ -39,37 +38,46 @@ def _heads_check(out_channels: int, num_attention_heads: int) -> int:
     return out_channels // num_attention_heads
 
 
-def _transformer(
+def _transformer_stack(
+    block: nn.Module,
     out_channels: int,
     num_attention_heads: int,
-    layers: int,
+    transformer_layers_per_block: int | Sequence[int],
+    num_layers: int,
     cross_attention_dim: int,
     groups: int,
+    dual_cross_attention: bool,
     use_linear_projection: bool,
     only_cross_attention: bool,
     upcast_attention: bool,
-) -> Transformer2DModel:
-    return Transformer2DModel(
-        num_attention_heads,
-        _heads_check(out_channels, num_attention_heads),
-        in_channels=out_channels,
-        num_layers=layers,
-        cross_attention_dim=cross_attention_dim,
-        norm_num_groups=groups,
-        use_linear_projection=use_linear_projection,
-        only_cross_attention=only_cross_attention,
-        upcast_attention=upcast_attention,
-    )
-
-
-def _reject_dual(dual_cross_attention: bool) -> None:
+) -> nn.ModuleList:
+    """The ``attentions`` of a cross-attention block: one Transformer2DModel per resnet, ``out_channels`` wide with
+    ``num_attention_heads`` heads. Sets the block's ``has_cross_attention`` / ``num_attention_heads``."""
     if dual_cross_attention:
         raise ValueError(
             "dual_cross_attention=True (DualTransformer2DModel) is not supported; use dual_cross_attention=False"
         )
+    layers = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
+    head_dim = _heads_check(out_channels, num_attention_heads)
+    block.has_cross_attention = True
+    block.num_attention_heads = num_attention_heads
+    return nn.ModuleList(
+        Transformer2DModel(
+            num_attention_heads,
+            head_dim,
+            in_channels=out_channels,
+            num_layers=n,
+            cross_attention_dim=cross_attention_dim,
+            norm_num_groups=groups,
+            use_linear_projection=use_linear_projection,
+            only_cross_attention=only_cross_attention,
+            upcast_attention=upcast_attention,
+        )
+        for n in layers
+    )
 
 
-class CrossAttnDownBlock2D(nn.Module):
+class CrossAttnDownBlock2D(_DownStack):
     """``num_layers`` x (ResnetBlock2D -> Transformer2DModel), then an optional stride-2 conv downsampler.
 
     ``forward`` returns ``(hidden_states, output_states)``: the skip tensors for the up path, one per layer plus
@@ -101,48 +109,14 @@ class CrossAttnDownBlock2D(nn.Module):
         attention_type: str = "default",
     ) -> None:
         super().__init__()
-        _reject_dual(dual_cross_attention)
-        layers = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
-        self.has_cross_attention = True
-        self.num_attention_heads = num_attention_heads
-        self.resnets = nn.ModuleList(
-            ResnetBlock2D(
-                in_channels=in_channels if i == 0 else out_channels,
-                out_channels=out_channels,
-                temb_channels=temb_channels,
-                eps=resnet_eps,
-                groups=resnet_groups,
-                dropout=dropout,
-                time_embedding_norm=resnet_time_scale_shift,
-                non_linearity=resnet_act_fn,
-                output_scale_factor=output_scale_factor,
-                pre_norm=resnet_pre_norm,
-            )
-            for i in range(num_layers)
-        )
-        self.attentions = nn.ModuleList(
-            _transformer(
-                out_channels,
-                num_attention_heads,
-                layers[i],
-                cross_attention_dim,
-                resnet_groups,
-                use_linear_projection,
-                only_cross_attention,
-                upcast_attention,
-            )
-            for i in range(num_layers)
-        )
-        self.downsamplers = (
-            nn.ModuleList(
-                [
-                    Downsample2D(
-                        out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding, name="op"
-                    )
-                ]
-            )
-            if add_downsample
-            else None
+        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
+        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r + (resnet_pre_norm,))
+        self.attentions = _transformer_stack(
+            self, out_channels, num_attention_heads, transformer_layers_per_block, num_layers, cross_attention_dim,
+            resnet_groups, dual_cross_attention, use_linear_projection, only_cross_attention, upcast_attention,
+        )  # fmt: skip
+        self.downsamplers = resamplers(
+            "conv" if add_downsample else None, False, out_channels, padding=downsample_padding
         )
         self.gradient_checkpointing = False
 
@@ -156,22 +130,16 @@ class CrossAttnDownBlock2D(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
         additional_residuals: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        output_states: tuple[torch.Tensor, ...] = ()
-        last = len(self.resnets) - 1
-        for i, (resnet, attn) in enumerate(zip(self.resnets, self.attentions)):
-            hidden_states = checkpointed(self, resnet, hidden_states, temb)
-            hidden_states = attn(hidden_states, encoder_hidden_states, attention_mask, encoder_attention_mask)
-            if i == last and additional_residuals is not None:
-                hidden_states = hidden_states + additional_residuals
-            output_states += (hidden_states,)
-        if self.downsamplers is not None:
-            for downsampler in self.downsamplers:
-                hidden_states = downsampler(hidden_states)
-            output_states += (hidden_states,)
-        return hidden_states, output_states
+        hidden_states, states = self._layers(
+            hidden_states, temb, encoder_hidden_states, attention_mask, encoder_attention_mask
+        )
+        if additional_residuals is not None and states:  # ControlNet/T2I residual after the last layer
+            hidden_states = hidden_states + additional_residuals
+            states = states[:-1] + (hidden_states,)
+        return self._downsample(hidden_states, temb, states)
 
 
-class CrossAttnUpBlock2D(nn.Module):
+class CrossAttnUpBlock2D(_UpStack):
     """``num_layers`` x (concat skip -> ResnetBlock2D -> Transformer2DModel), then an optional upsampler."""
 
     def __init__(
@@ -200,45 +168,16 @@ class CrossAttnUpBlock2D(nn.Module):
         attention_type: str = "default",
     ) -> None:
         super().__init__()
-        _reject_dual(dual_cross_attention)
-        layers = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
-        self.has_cross_attention = True
-        self.num_attention_heads = num_attention_heads
         self.resolution_idx = resolution_idx
-        resnets = []
-        for i in range(num_layers):
-            skip_channels = in_channels if i == num_layers - 1 else out_channels
-            resnet_in = prev_output_channel if i == 0 else out_channels
-            resnets.append(
-                ResnetBlock2D(
-                    in_channels=resnet_in + skip_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    time_embedding_norm=resnet_time_scale_shift,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                    pre_norm=resnet_pre_norm,
-                )
-            )
-        self.resnets = nn.ModuleList(resnets)
-        self.attentions = nn.ModuleList(
-            _transformer(
-                out_channels,
-                num_attention_heads,
-                layers[i],
-                cross_attention_dim,
-                resnet_groups,
-                use_linear_projection,
-                only_cross_attention,
-                upcast_attention,
-            )
-            for i in range(num_layers)
+        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
+        self.resnets = resnet_stack(
+            in_channels, out_channels, temb_channels, num_layers, r + (resnet_pre_norm,), prev_output_channel
         )
-        upsampler = Upsample2D(out_channels, use_conv=True, out_channels=out_channels) if add_upsample else None
-        self.upsamplers = nn.ModuleList([upsampler]) if upsampler is not None else None
+        self.attentions = _transformer_stack(
+            self, out_channels, num_attention_heads, transformer_layers_per_block, num_layers, cross_attention_dim,
+            resnet_groups, dual_cross_attention, use_linear_projection, only_cross_attention, upcast_attention,
+        )  # fmt: skip
+        self.upsamplers = resamplers("conv" if add_upsample else None, True, out_channels)
         self.gradient_checkpointing = False
 
     def forward(
@@ -252,16 +191,10 @@ class CrossAttnUpBlock2D(nn.Module):
         attention_mask: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        for resnet, attn in zip(self.resnets, self.attentions):
-            skip = res_hidden_states_tuple[-1]
-            res_hidden_states_tuple = res_hidden_states_tuple[:-1]
-            hidden_states = torch.cat([hidden_states, skip], dim=1)
-            hidden_states = checkpointed(self, resnet, hidden_states, temb)
-            hidden_states = attn(hidden_states, encoder_hidden_states, attention_mask, encoder_attention_mask)
-        if self.upsamplers is not None:
-            for upsampler in self.upsamplers:
-                hidden_states = upsampler(hidden_states, upsample_size)
-        return hidden_states
+        hidden_states = self._layers(
+            hidden_states, res_hidden_states_tuple, temb, encoder_hidden_states, attention_mask, encoder_attention_mask
+        )
+        return self._upsample(hidden_states, temb, upsample_size)
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
@@ -290,49 +223,20 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         attention_type: str = "default",
     ) -> None:
         super().__init__()
-        _reject_dual(dual_cross_attention)
         out_channels = out_channels or in_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.has_cross_attention = True
-        self.num_attention_heads = num_attention_heads
         resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
         groups_out = resnet_groups_out or resnet_groups
-        layers = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
-
-        def resnet(cin: int, groups: int, **extra: Any) -> ResnetBlock2D:
-            return ResnetBlock2D(
-                in_channels=cin,
-                out_channels=out_channels,
-                temb_channels=temb_channels,
-                eps=resnet_eps,
-                groups=groups,
-                dropout=dropout,
-                time_embedding_norm=resnet_time_scale_shift,
-                non_linearity=resnet_act_fn,
-                output_scale_factor=output_scale_factor,
-                pre_norm=resnet_pre_norm,
-                **extra,
-            )
-
+        r = (dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor, resnet_pre_norm)
         first_extra = {"groups_out": groups_out} if groups_out != resnet_groups else {}
-        self.resnets = nn.ModuleList(
-            [resnet(in_channels, resnet_groups, **first_extra)]
-            + [resnet(out_channels, groups_out) for _ in range(num_layers)]
-        )
-        self.attentions = nn.ModuleList(
-            _transformer(
-                out_channels,
-                num_attention_heads,
-                layers[i],
-                cross_attention_dim,
-                groups_out,
-                use_linear_projection,
-                False,
-                upcast_attention,
-            )
-            for i in range(num_layers)
-        )
+        first = make_resnet(in_channels, out_channels, temb_channels, resnet_eps, resnet_groups, *r, **first_extra)
+        rest = resnet_stack(out_channels, out_channels, temb_channels, num_layers, (resnet_eps, groups_out, *r))
+        self.resnets = nn.ModuleList([first, *rest])
+        self.attentions = _transformer_stack(
+            self, out_channels, num_attention_heads, transformer_layers_per_block, num_layers, cross_attention_dim,
+            groups_out, dual_cross_attention, use_linear_projection, False, upcast_attention,
+        )  # fmt: skip
         self.gradient_checkpointing = False
 
     def forward(

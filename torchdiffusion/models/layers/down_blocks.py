@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks_common import _DownStack, make_resnet, make_spatial_attention
-from .sampling import Downsample2D
+from .blocks_common import _DownStack, attention_stack, resamplers, resnet_stack, run_level
 
 
 class DownBlock2D(_DownStack):
@@ -34,20 +33,9 @@ class DownBlock2D(_DownStack):
     ) -> None:
         super().__init__()
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, *r)
-            for i in range(num_layers)
-        )
-        self.downsamplers = (
-            nn.ModuleList(
-                [
-                    Downsample2D(
-                        out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding, name="op"
-                    )
-                ]
-            )
-            if add_downsample
-            else None
+        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r)
+        self.downsamplers = resamplers(
+            "conv" if add_downsample else None, False, out_channels, padding=downsample_padding
         )
         self.gradient_checkpointing = False
 
@@ -79,26 +67,11 @@ class AttnDownBlock2D(_DownStack):
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
         self.downsample_type = downsample_type
         self.resnet_downsampler = downsample_type == "resnet"
-        self.resnets = nn.ModuleList(
-            make_resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, *r)
-            for i in range(num_layers)
+        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r)
+        self.attentions = attention_stack(
+            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
         )
-        self.attentions = nn.ModuleList(
-            make_spatial_attention(out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor)
-            for _ in range(num_layers)
-        )
-        if downsample_type == "conv":
-            self.downsamplers = nn.ModuleList(
-                [
-                    Downsample2D(
-                        out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding, name="op"
-                    )
-                ]
-            )
-        elif downsample_type == "resnet":
-            self.downsamplers = nn.ModuleList([make_resnet(out_channels, out_channels, temb_channels, *r, down=True)])
-        else:
-            self.downsamplers = None
+        self.downsamplers = resamplers(downsample_type, False, out_channels, temb_channels, r, downsample_padding)
         self.gradient_checkpointing = False
 
 
@@ -125,19 +98,11 @@ class ResnetDownsampleBlock2D(_DownStack):
     ) -> None:
         super().__init__()
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(
-                in_channels if i == 0 else out_channels, out_channels, temb_channels, *r, skip_time_act=skip_time_act
-            )
-            for i in range(num_layers)
+        self.resnets = resnet_stack(
+            in_channels, out_channels, temb_channels, num_layers, r, skip_time_act=skip_time_act
         )
-        self.downsamplers = (
-            nn.ModuleList(
-                [make_resnet(out_channels, out_channels, temb_channels, *r, skip_time_act=skip_time_act, down=True)]
-            )
-            if add_downsample
-            else None
-        )
+        kind = "resnet" if add_downsample else None
+        self.downsamplers = resamplers(kind, False, out_channels, temb_channels, r, skip_time_act=skip_time_act)
         self.gradient_checkpointing = False
 
 
@@ -162,31 +127,13 @@ class DownEncoderBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(in_channels if i == 0 else out_channels, out_channels, None, *r) for i in range(num_layers)
-        )
-        self.downsamplers = (
-            nn.ModuleList(
-                [
-                    Downsample2D(
-                        out_channels, use_conv=True, out_channels=out_channels, padding=downsample_padding, name="op"
-                    )
-                ]
-            )
-            if add_downsample
-            else None
+        self.resnets = resnet_stack(in_channels, out_channels, None, num_layers, r)
+        self.downsamplers = resamplers(
+            "conv" if add_downsample else None, False, out_channels, padding=downsample_padding
         )
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
-        for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = resnet(hidden_states, None)
-            if attn is not None:
-                hidden_states = attn(hidden_states)
-        if self.downsamplers is not None:
-            for down in self.downsamplers:
-                hidden_states = down(hidden_states)
-        return hidden_states
+        return run_level(self, hidden_states, None, self.downsamplers)
 
 
 class AttnDownEncoderBlock2D(DownEncoderBlock2D):
@@ -222,7 +169,6 @@ class AttnDownEncoderBlock2D(DownEncoderBlock2D):
             add_downsample,
             downsample_padding,
         )
-        self.attentions = nn.ModuleList(
-            make_spatial_attention(out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor)
-            for _ in range(num_layers)
+        self.attentions = attention_stack(
+            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
         )

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks_common import make_spatial_attention
+from .blocks_common import _DownStack, make_resnet, make_spatial_attention
 from .fast import conv2d, group_norm_act
 from .resnet import ResnetBlock2D
 from .sampling import FirDownsample2D, FirUpsample2D
@@ -27,37 +27,14 @@ def _groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
-def _resnet(
-    cin: int,
-    cout: int,
-    temb: int | None,
-    eps: float,
-    dropout: float,
-    norm: str,
-    act: str,
-    scale: float,
-    groups: int,
-    **extra: Any,
-) -> ResnetBlock2D:
-    return ResnetBlock2D(
-        in_channels=cin,
-        out_channels=cout,
-        temb_channels=temb,
-        eps=eps,
-        groups=groups,
-        groups_out=_groups(cout),
-        dropout=dropout,
-        time_embedding_norm=norm,
-        non_linearity=act,
-        output_scale_factor=scale,
-        **extra,
-    )
+def _resnet(cin: int, cout: int, r: tuple, groups: int, **extra: Any) -> ResnetBlock2D:
+    """A resnet from ``r = (temb_channels, eps, dropout, norm, act, scale)``; output groups follow ``cout``."""
+    temb, eps, dropout, norm, act, scale = r
+    return make_resnet(cin, cout, temb, eps, groups, dropout, norm, act, scale, groups_out=_groups(cout), **extra)
 
 
-class SkipDownBlock2D(nn.Module):
+class SkipDownBlock2D(_DownStack):
     """``num_layers`` resnets; with ``add_downsample`` a FIR down-sampling resnet plus the image skip path."""
-
-    has_cross_attention = False
 
     def __init__(
         self,
@@ -79,18 +56,11 @@ class SkipDownBlock2D(nn.Module):
         self.resnets = nn.ModuleList()
         for i in range(num_layers):
             cin = in_channels if i == 0 else out_channels
-            self.resnets.append(_resnet(cin, out_channels, *r, groups=_groups(cin)))
+            self.resnets.append(_resnet(cin, out_channels, r, _groups(cin)))
         self._add_attentions(out_channels, num_layers)
         if add_downsample:
-            self.resnet_down = _resnet(
-                out_channels,
-                out_channels,
-                *r,
-                groups=_groups(out_channels),
-                use_in_shortcut=True,
-                down=True,
-                kernel="fir",
-            )
+            fir = dict(use_in_shortcut=True, down=True, kernel="fir")
+            self.resnet_down = _resnet(out_channels, out_channels, r, _groups(out_channels), **fir)
             self.downsamplers = nn.ModuleList([FirDownsample2D(out_channels, out_channels=out_channels)])
             self.skip_conv = nn.Conv2d(3, out_channels, kernel_size=(1, 1), stride=(1, 1))
         else:
@@ -107,13 +77,7 @@ class SkipDownBlock2D(nn.Module):
         *args: Any,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None]:
-        states: tuple[torch.Tensor, ...] = ()
-        attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
-        for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = resnet(hidden_states, temb)
-            if attn is not None:
-                hidden_states = attn(hidden_states)
-            states += (hidden_states,)
+        hidden_states, states = self._layers(hidden_states, temb)
         if self.downsamplers is not None:
             hidden_states = self.resnet_down(hidden_states, temb)
             for down in self.downsamplers:
@@ -191,19 +155,12 @@ class SkipUpBlock2D(nn.Module):
         for i in range(num_layers):
             skip = in_channels if i == num_layers - 1 else out_channels
             prev = prev_output_channel if i == 0 else out_channels
-            self.resnets.append(_resnet(prev + skip, out_channels, *r, groups=self._first_groups(prev, skip)))
+            self.resnets.append(_resnet(prev + skip, out_channels, r, self._first_groups(prev, skip)))
         self._add_attentions(out_channels)
         self.upsampler = FirUpsample2D(in_channels, out_channels=out_channels)
         if add_upsample:
-            self.resnet_up = _resnet(
-                out_channels,
-                out_channels,
-                *r,
-                groups=_groups(out_channels),
-                use_in_shortcut=True,
-                up=True,
-                kernel="fir",
-            )
+            fir = dict(use_in_shortcut=True, up=True, kernel="fir")
+            self.resnet_up = _resnet(out_channels, out_channels, r, _groups(out_channels), **fir)
             self.skip_conv = nn.Conv2d(out_channels, 3, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
             self.skip_norm = nn.GroupNorm(_groups(out_channels), out_channels, eps=resnet_eps, affine=True)
             self.act = nn.SiLU()

@@ -113,33 +113,31 @@ class BasicTransformerBlock(nn.Module):
         if only_cross_attention and cross_attention_dim is None:
             raise ValueError("only_cross_attention=True needs a cross_attention_dim (the context's feature size)")
         self.only_cross_attention = only_cross_attention
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
-        self.attn1 = Attention(
-            query_dim=dim,
-            heads=num_attention_heads,
-            dim_head=attention_head_dim,
-            dropout=dropout,
-            bias=attention_bias,
-            cross_attention_dim=cross_attention_dim if only_cross_attention else None,
-            upcast_attention=upcast_attention,
-            out_bias=attention_out_bias,
-        )
-        if cross_attention_dim is not None or double_self_attention:
-            self.norm2 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
-            self.attn2 = Attention(
+
+        def norm() -> nn.LayerNorm:
+            return nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+
+        def attention(context_dim: int | None) -> Attention:
+            return Attention(
                 query_dim=dim,
                 heads=num_attention_heads,
                 dim_head=attention_head_dim,
                 dropout=dropout,
                 bias=attention_bias,
-                cross_attention_dim=None if double_self_attention else cross_attention_dim,
+                cross_attention_dim=context_dim,
                 upcast_attention=upcast_attention,
                 out_bias=attention_out_bias,
             )
+
+        self.norm1 = norm()
+        self.attn1 = attention(cross_attention_dim if only_cross_attention else None)
+        if cross_attention_dim is not None or double_self_attention:
+            self.norm2 = norm()
+            self.attn2 = attention(None if double_self_attention else cross_attention_dim)
         else:
             self.norm2 = None
             self.attn2 = None
-        self.norm3 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        self.norm3 = norm()
         self.ff = FeedForward(
             dim,
             dropout=dropout,
@@ -185,6 +183,11 @@ class BasicTransformerBlock(nn.Module):
             )
         chunks = normed.split(self._chunk_size, dim=self._chunk_dim)
         return hidden_states + torch.cat([self.ff(c) for c in chunks], dim=self._chunk_dim)
+
+
+def _projection(linear: bool, cin: int, cout: int) -> nn.Module:
+    """``proj_in`` / ``proj_out``: an ``nn.Linear`` (``use_linear_projection``) or a 1x1 ``nn.Conv2d``."""
+    return nn.Linear(cin, cout) if linear else nn.Conv2d(cin, cout, kernel_size=1)
 
 
 def _as_linear_weight(layer: nn.Module) -> torch.Tensor:
@@ -233,10 +236,7 @@ class Transformer2DModel(nn.Module):
         inner_dim = num_attention_heads * attention_head_dim
         self.inner_dim = inner_dim
         self.norm = nn.GroupNorm(norm_num_groups, in_channels, eps=1e-6, affine=True)
-        if use_linear_projection:
-            self.proj_in: nn.Module = nn.Linear(in_channels, inner_dim)
-        else:
-            self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
+        self.proj_in = _projection(use_linear_projection, in_channels, inner_dim)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
                 inner_dim,
@@ -254,10 +254,7 @@ class Transformer2DModel(nn.Module):
             )
             for _ in range(num_layers)
         )
-        if use_linear_projection:
-            self.proj_out: nn.Module = nn.Linear(inner_dim, self.out_channels)
-        else:
-            self.proj_out = nn.Conv2d(inner_dim, self.out_channels, kernel_size=1)
+        self.proj_out = _projection(use_linear_projection, inner_dim, self.out_channels)
         self.gradient_checkpointing = False
 
     def forward(

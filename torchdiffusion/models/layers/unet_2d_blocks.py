@@ -71,6 +71,23 @@ def _strip(name: Any) -> Any:
     return name[7:] if isinstance(name, str) and name.startswith("UNetRes") else name
 
 
+def _base_kwargs(a: dict[str, Any], *extra: str) -> tuple[dict[str, Any], int | None]:
+    """The arguments every block of a factory takes (plus ``extra`` keys), and ``attention_head_dim`` (defaults to
+    ``num_attention_heads``, as in Diffusers)."""
+    keys = (
+        "num_layers",
+        "in_channels",
+        "out_channels",
+        "dropout",
+        "resnet_eps",
+        "resnet_act_fn",
+        "resnet_time_scale_shift",
+    )
+    base = {k: a[k] for k in keys + extra}
+    head_dim = a["attention_head_dim"]
+    return base, a["num_attention_heads"] if head_dim is None else head_dim
+
+
 def _cross_attn_kwargs(a: dict[str, Any]) -> dict[str, Any]:
     if a["cross_attention_dim"] is None:
         raise ValueError("cross_attention_dim must be given for cross-attention blocks")
@@ -117,17 +134,7 @@ def get_down_block(
     """The down block named ``down_block_type``; ``ValueError`` naming it when unknown."""
     a = dict(locals())
     kind = _strip(down_block_type)
-    if attention_head_dim is None:
-        attention_head_dim = num_attention_heads
-    base = dict(
-        num_layers=num_layers,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        dropout=dropout,
-        resnet_eps=resnet_eps,
-        resnet_act_fn=resnet_act_fn,
-        resnet_time_scale_shift=resnet_time_scale_shift,
-    )
+    base, attention_head_dim = _base_kwargs(a)
     timed = dict(base, temb_channels=temb_channels)
     pad = {} if downsample_padding is None else {"downsample_padding": downsample_padding}
     if kind == "DownBlock2D":
@@ -199,18 +206,7 @@ def get_up_block(
     """The up block named ``up_block_type``; ``ValueError`` naming it when unknown."""
     a = dict(locals())
     kind = _strip(up_block_type)
-    if attention_head_dim is None:
-        attention_head_dim = num_attention_heads
-    base = dict(
-        num_layers=num_layers,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        dropout=dropout,
-        resnet_eps=resnet_eps,
-        resnet_act_fn=resnet_act_fn,
-        resnet_time_scale_shift=resnet_time_scale_shift,
-        resolution_idx=resolution_idx,
-    )
+    base, attention_head_dim = _base_kwargs(a, "resolution_idx")
     timed = dict(base, temb_channels=temb_channels, prev_output_channel=prev_output_channel)
     if kind == "UpBlock2D":
         return UpBlock2D(**timed, add_upsample=add_upsample, resnet_groups=resnet_groups)

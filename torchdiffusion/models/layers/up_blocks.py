@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks_common import _up_in, _UpStack, make_resnet, make_spatial_attention
-from .sampling import Upsample2D
+from .blocks_common import _UpStack, attention_stack, resamplers, resnet_stack, run_level
 
 
 class UpBlock2D(_UpStack):
@@ -33,17 +32,8 @@ class UpBlock2D(_UpStack):
     ) -> None:
         super().__init__()
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(
-                _up_in(i, num_layers, in_channels, prev_output_channel, out_channels), out_channels, temb_channels, *r
-            )
-            for i in range(num_layers)
-        )
-        self.upsamplers = (
-            nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
-            if add_upsample
-            else None
-        )
+        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r, prev_output_channel)
+        self.upsamplers = resamplers("conv" if add_upsample else None, True, out_channels)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 
@@ -75,22 +65,11 @@ class AttnUpBlock2D(_UpStack):
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
         self.upsample_type = upsample_type
         self.resnet_upsampler = upsample_type == "resnet"
-        self.resnets = nn.ModuleList(
-            make_resnet(
-                _up_in(i, num_layers, in_channels, prev_output_channel, out_channels), out_channels, temb_channels, *r
-            )
-            for i in range(num_layers)
+        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r, prev_output_channel)
+        self.attentions = attention_stack(
+            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
         )
-        self.attentions = nn.ModuleList(
-            make_spatial_attention(out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor)
-            for _ in range(num_layers)
-        )
-        if upsample_type == "conv":
-            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
-        elif upsample_type == "resnet":
-            self.upsamplers = nn.ModuleList([make_resnet(out_channels, out_channels, temb_channels, *r, up=True)])
-        else:
-            self.upsamplers = None
+        self.upsamplers = resamplers(upsample_type, True, out_channels, temb_channels, r)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 
@@ -123,23 +102,11 @@ class ResnetUpsampleBlock2D(_UpStack):
     ) -> None:
         super().__init__()
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(
-                _up_in(i, num_layers, in_channels, prev_output_channel, out_channels),
-                out_channels,
-                temb_channels,
-                *r,
-                skip_time_act=skip_time_act,
-            )
-            for i in range(num_layers)
+        self.resnets = resnet_stack(
+            in_channels, out_channels, temb_channels, num_layers, r, prev_output_channel, skip_time_act=skip_time_act
         )
-        self.upsamplers = (
-            nn.ModuleList(
-                [make_resnet(out_channels, out_channels, temb_channels, *r, skip_time_act=skip_time_act, up=True)]
-            )
-            if add_upsample
-            else None
-        )
+        kind = "resnet" if add_upsample else None
+        self.upsamplers = resamplers(kind, True, out_channels, temb_channels, r, skip_time_act=skip_time_act)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 
@@ -165,27 +132,12 @@ class UpDecoderBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = nn.ModuleList(
-            make_resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, *r)
-            for i in range(num_layers)
-        )
-        self.upsamplers = (
-            nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
-            if add_upsample
-            else None
-        )
+        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r)
+        self.upsamplers = resamplers("conv" if add_upsample else None, True, out_channels)
         self.resolution_idx = resolution_idx
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
-        for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = resnet(hidden_states, temb)
-            if attn is not None:
-                hidden_states = attn(hidden_states, temb=temb)
-        if self.upsamplers is not None:
-            for up in self.upsamplers:
-                hidden_states = up(hidden_states)
-        return hidden_states
+        return run_level(self, hidden_states, temb, self.upsamplers)
 
 
 class AttnUpDecoderBlock2D(UpDecoderBlock2D):
@@ -223,7 +175,6 @@ class AttnUpDecoderBlock2D(UpDecoderBlock2D):
             add_upsample,
             temb_channels,
         )
-        self.attentions = nn.ModuleList(
-            make_spatial_attention(out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor)
-            for _ in range(num_layers)
+        self.attentions = attention_stack(
+            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
         )
