@@ -148,3 +148,21 @@ def test_load_goes_into_live_parameters_even_when_state_dict_hands_out_copies(tm
     loaded = Hooked.from_pretrained(tmp_path)
     for (name, a), b in zip(m.named_parameters(), loaded.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_save_function_writes_bin_files(tmp_path):
+    """``save_function`` (accelerate's ``accelerator.save``) replaces torch.save for .bin; safetensors ignore it."""
+    m = TinyModel()
+    seen = []
+
+    def save(state, path):
+        seen.append(os.path.basename(path))
+        torch.save(state, path)
+
+    m.save_pretrained(tmp_path / "bin", safe_serialization=False, save_function=save)
+    assert seen == ["diffusion_pytorch_model.bin"]
+    assert _equal(m, TinyModel.from_pretrained(tmp_path / "bin"))
+    m.save_pretrained(tmp_path / "st", save_function=save)
+    assert seen == ["diffusion_pytorch_model.bin"]
+    with pytest.raises(TypeError, match="save_function"):
+        m.save_pretrained(tmp_path / "x", save_function="torch.save")

@@ -78,6 +78,10 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
     run.add_argument("--time-limit-minutes", type=float, default=None)
     run.add_argument("--gradient-checkpointing", action="store_true")
     run.add_argument("--no-progress", action="store_true")
+    if not demo:
+        run.add_argument("--push-to-hub", action="store_true", help="upload the final pipeline folder to the Hub")
+        run.add_argument("--hub-model-id", default=None, help="Hub repository id (default: the output folder's name)")
+        run.add_argument("--hub-private-repo", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +142,9 @@ def _run_train(args: argparse.Namespace) -> Any:
         gradient_checkpointing=args.gradient_checkpointing,
         progress_bar=not args.no_progress,
         num_sample_images=20 if args.class_conditional else 16,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        hub_private_repo=args.hub_private_repo or None,
     )
 
 

@@ -13,7 +13,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -249,9 +249,16 @@ def save_model(
     variant: str | None = None,
     max_shard_size: int | str = "10GB",
     push_to_hub: bool = False,
+    save_function: Callable[[dict[str, torch.Tensor], str], Any] | None = None,
     **kwargs: Any,
 ) -> None:
-    """Write ``config.json`` and the weights of ``model`` into ``save_directory`` in Diffusers' format."""
+    """Write ``config.json`` and the weights of ``model`` into ``save_directory`` in Diffusers' format.
+
+    ``save_function(state_dict, path)`` replaces ``torch.save`` for ``.bin`` files (``safe_serialization=False``),
+    as accelerate scripts pass ``save_function=accelerator.save``; safetensors files are always written directly.
+    """
+    if save_function is not None and not callable(save_function):
+        raise TypeError(f"save_function must be callable, got {type(save_function).__name__}")
     if kwargs:
         raise TypeError(f"save_pretrained got unexpected keyword argument(s): {', '.join(kwargs)}")
     if push_to_hub:
@@ -284,7 +291,7 @@ def save_model(
 
             save_file(part, path, metadata={"format": "pt"})
         else:
-            torch.save(part, path)
+            (save_function or torch.save)(part, path)
     index_path = os.path.join(save_directory, index_name(ext, variant))
     if len(shards) > 1:
         index = {

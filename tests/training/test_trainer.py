@@ -166,3 +166,44 @@ def test_bad_trainer_arguments(digits, tmp_path):
             resume_from_checkpoint=str(tmp_path),
             **FAST,
         ).train()
+
+
+def test_push_to_hub_uploads_the_pipeline_folder(tmp_path, digits, monkeypatch):
+    """push_to_hub=True (seed 003's --push_to_hub) uploads the exported pipeline, not checkpoints or samples."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=None, token=None, exist_ok=False, **kw):
+            calls.append(("create", repo_id, private, token))
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def file_exists(self, repo_id, filename, token=None, **kw):
+            return False
+
+        def upload_folder(self, repo_id, folder_path, commit_message=None, token=None, **kw):
+            files = sorted(
+                os.path.relpath(os.path.join(r, f), folder_path) for r, _, fs in os.walk(folder_path) for f in fs
+            )
+            calls.append(("upload", repo_id, commit_message, files))
+            return "https://huggingface.co/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = str(tmp_path / "my-digits")
+    torch.manual_seed(0)
+    Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=out, push_to_hub=True, hub_private_repo=True,
+            hub_token="hf_x", **FAST).train()  # fmt: skip
+    create, upload = calls
+    assert create == ("create", "my-digits", True, "hf_x")
+    assert upload[1] == "my-digits" and "step 4" in upload[2]
+    files = upload[3]
+    assert "model_index.json" in files and "README.md" in files
+    assert any(f.startswith("unet" + os.sep) for f in files) and any(f.startswith("scheduler" + os.sep) for f in files)
+    assert not any(f.startswith(("checkpoints", "samples")) for f in files)
+
+
+@pytest.mark.parametrize("bad", ["", "a/b/c", "no spaces"])
+def test_hub_model_id_is_checked(bad):
+    with pytest.raises(ValueError, match="hub_model_id"):
+        TrainingConfig(hub_model_id=bad)

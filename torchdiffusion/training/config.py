@@ -59,6 +59,10 @@ class TrainingConfig:
     resume_from_checkpoint: str | None = None
     dataloader_num_workers: int = 0
     time_limit_minutes: float | None = None  # after a few steps, lower max_steps to finish in about this time
+    push_to_hub: bool = False  # upload the final pipeline folder (rank 0) to hub_model_id
+    hub_model_id: str | None = None  # default: the output folder's name
+    hub_private_repo: bool | None = None
+    hub_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +119,13 @@ class TrainingConfig:
             number("max_grad_norm", 0.0, open_lo=True)
         if self.time_limit_minutes is not None:
             number("time_limit_minutes", 0.0, open_lo=True)
+        if self.hub_model_id is not None:
+            from ..hub import check_repo_id
+
+            try:
+                check_repo_id(self.hub_model_id)
+            except ValueError as err:
+                raise ValueError(f"hub_model_id: {err}".replace("repo_id must", "must")) from None
         betas = self.adam_betas
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
