@@ -1,10 +1,12 @@
 """An SD-1.x-shaped UNet2DConditionModel forward on CPU, ours vs Diffusers on the same weights.
 
-Same structure as SD 1.5 (CrossAttn x3 + Down, 2 layers per block, 8 heads, 768-d CLIP context of 77 tokens,
-batch 2 as with classifier-free guidance), narrower channels and a smaller latent so it runs in seconds.
-fp32 first (target ours/peer <= 0.75), then bf16 autocast. Runs are interleaved and medians compared.
+SD 1.5's structure and widths (320, 640, 1280, 1280; CrossAttn x3 + Down, 2 layers per block, 8 heads, 768-d CLIP
+context of 77 tokens, batch 2 as with classifier-free guidance) on a 32x32 latent (256 px images) so it runs in
+seconds; ``--size 64`` is the 512 px case, ``--channels 160 320 640 640`` a narrower model. fp32 (target
+ours/peer <= 0.75); ``--bf16`` adds bf16 autocast (slow on CPUs without bf16 units). Runs are interleaved and
+medians compared.
 
-    python benchmarks/sd_unet_forward.py [--repeats 5] [--size 32] [--channels 160 320 640 640]
+    python benchmarks/sd_unet_forward.py [--repeats 5] [--size 32] [--channels 320 640 1280 1280] [--bf16] [--threads N]
 """
 
 import argparse
@@ -27,9 +29,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--channels", type=int, nargs=4, default=[160, 320, 640, 640])
-    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--channels", type=int, nargs=4, default=[320, 640, 1280, 1280])
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     peer = diffusers.UNet2DConditionModel(**config(args.channels)).eval()
@@ -47,7 +52,7 @@ def main() -> None:
             out = model(sample, t, encoder_hidden_states=context).sample
         return time.perf_counter() - start, out.float()
 
-    modes = [("fp32", False)] + ([] if args.no_bf16 else [("bf16 autocast", True)])
+    modes = [("fp32", False)] + ([("bf16 autocast", True)] if args.bf16 else [])
     print(f"SD-shaped UNet forward: channels {args.channels}, latent {args.size}x{args.size}, batch {args.batch}, "
           f"{torch.get_num_threads()} threads")
     for label, autocast in modes:

@@ -152,6 +152,74 @@ def save_tiny_sd(folder: str | os.PathLike, seed: int = 0, inpaint: bool = False
     return os.fspath(folder)
 
 
+# ---- the safety checker of SD 1.x folders, narrowed -----------------------------------------------------------
+
+CHECKER_IMAGE_SIZE = 32
+CLIP_CONFIG_KWARGS: dict[str, Any] = dict(
+    text_config=dict(hidden_size=16, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=99),
+    vision_config=dict(
+        hidden_size=16,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=CHECKER_IMAGE_SIZE,
+        patch_size=4,
+    ),
+    projection_dim=16,
+)
+
+
+def tiny_diffusers_safety_checker(seed: int = 0, threshold: float = 0.5):
+    """Diffusers' ``StableDiffusionSafetyChecker`` on a tiny random ``CLIPConfig``: random concept embeddings,
+    every threshold ``threshold``."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    torch.manual_seed(seed)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(**CLIP_CONFIG_KWARGS)).eval()
+    with torch.no_grad():
+        for p in (checker.concept_embeds, checker.special_care_embeds):
+            p.copy_(torch.randn_like(p))
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    return checker
+
+
+def tiny_feature_extractor():
+    """A ``CLIPImageProcessor`` that resizes and crops to the tiny checker's 32 x 32 input."""
+    from transformers import CLIPImageProcessor
+
+    size = CHECKER_IMAGE_SIZE
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def checker_embeds(checker, feature_extractor, images) -> torch.Tensor:
+    """The checker's CLIP image embeddings (batch, projection_dim) of PIL images, as the pipelines compute them."""
+    pixels = feature_extractor(images, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        return checker.visual_projection(checker.vision_model(pixels).pooler_output)
+
+
+def save_tiny_sd_with_checker(folder: str | os.PathLike, flag_prompt: str = "the cat", steps: int = 3) -> str:
+    """A tiny SD folder with ``safety_checker`` + ``feature_extractor``, saved by Diffusers. The checker's first
+    concept is the embedding of the image Diffusers makes for ``flag_prompt`` (seed 0, ``steps`` steps, no
+    negative prompt) with threshold 0.999, so exactly that image is flagged; other thresholds are 1 (never)."""
+    import diffusers
+
+    parts = tiny_sd_components(diffusers, os.path.join(os.fspath(folder) + "_tok"))
+    pipe = diffusers.StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(flag_prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).images
+    checker = tiny_diffusers_safety_checker(threshold=1.0)
+    extractor = tiny_feature_extractor()
+    with torch.no_grad():
+        checker.concept_embeds[0] = checker_embeds(checker, extractor, image)[0]
+        checker.concept_embeds_weights[0] = 0.999
+    parts.update(safety_checker=checker, feature_extractor=extractor)
+    diffusers.StableDiffusionPipeline(**parts).save_pretrained(folder)
+    return os.fspath(folder)
+
+
 # ---- original (LDM) checkpoint layout, written independently of torchdiffusion.single_file ------------------
 
 _RESNET_TO_LDM = {

@@ -63,6 +63,7 @@ _LAZY: dict[str, str] = {
     "StableDiffusionInpaintPipeline": "pipelines.stable_diffusion_inpaint",
     "StableDiffusionPipeline": "pipelines.stable_diffusion",
     "StableDiffusionPipelineOutput": "pipelines.sd_common",
+    "StableDiffusionSafetyChecker": "pipelines.safety_checker",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

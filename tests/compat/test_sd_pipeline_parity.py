@@ -114,6 +114,122 @@ def test_torch_dtype_per_component(tiny_sd_folder):
     assert pipe.text_encoder.dtype == torch.float32
 
 
+# ---- safety checker -------------------------------------------------------------------------------------------
+
+
+def _checker_pair(tmp_path, **set_params):
+    from tests.sd_fixtures import tiny_diffusers_safety_checker
+
+    theirs = tiny_diffusers_safety_checker(threshold=0.9)
+    with torch.no_grad():
+        for name, value in set_params.items():
+            getattr(theirs, name).copy_(value)
+    theirs.save_pretrained(tmp_path / "checker")
+    return theirs, td.StableDiffusionSafetyChecker.from_pretrained(tmp_path / "checker")
+
+
+def test_safety_checker_same_embeddings_and_flags_as_diffusers(tmp_path):
+    from tests.sd_fixtures import tiny_diffusers_safety_checker
+    from torchdiffusion.pipelines.safety_checker import cosine_similarity_matrix
+
+    clip_input = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    probe = tiny_diffusers_safety_checker(threshold=0.9)
+    with torch.no_grad():
+        embeds = probe.visual_projection(probe.vision_model(clip_input).pooler_output)
+    # Tiny random CLIP towers embed every image almost alike (cos ~0.99); the centred embeddings tell them apart.
+    d = embeds - embeds.mean(0)
+
+    def cos(i, direction):
+        return cosine_similarity_matrix(embeds[i : i + 1], direction[None]).item()
+
+    concepts, special = probe.concept_embeds.clone(), probe.special_care_embeds.clone()
+    concept_w, special_w = torch.ones(17), torch.ones(3)
+    concepts[0], concept_w[0] = d[1], cos(1, d[1]) - 0.005  # image 1 matches concept 0
+    special[0], special_w[0] = d[3], cos(3, d[3]) - 0.005  # image 3 matches a special-care concept ...
+    concepts[5], concept_w[5] = d[3], cos(3, d[3]) + 0.005  # ... so its -0.005 on concept 5 gets +0.01: flagged
+    theirs, ours = _checker_pair(
+        tmp_path,
+        concept_embeds=concepts,
+        special_care_embeds=special,
+        concept_embeds_weights=concept_w,
+        special_care_embeds_weights=special_w,
+    )
+    torch.testing.assert_close(ours.image_embeds(clip_input), embeds, atol=1e-6, rtol=1e-6)
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t_images, t_flags = theirs(clip_input=clip_input, images=images.clone())
+    o_images, o_flags = ours(clip_input=clip_input, images=images.clone())
+    assert o_flags == t_flags == [False, True, False, True]
+    assert torch.equal(o_images, t_images) and o_images[1].abs().sum() == 0 and torch.equal(o_images[0], images[0])
+    # numpy images, as Diffusers' pipelines pass them with output_type="np"
+    n_images, n_flags = ours(clip_input=clip_input, images=images.permute(0, 2, 3, 1).numpy().copy())
+    assert n_flags == t_flags and not n_images[3].any() and n_images[0].any()
+
+
+def test_safety_checker_saved_by_us_loads_in_diffusers(tmp_path):
+    theirs, ours = _checker_pair(tmp_path)
+    ours.save_pretrained(tmp_path / "ours")
+    back = type(theirs).from_pretrained(tmp_path / "ours")
+    state = back.state_dict()
+    assert set(state) == set(ours.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items())
+    again = td.StableDiffusionSafetyChecker.from_pretrained(tmp_path / "ours", torch_dtype=torch.float16)
+    assert again.dtype == torch.float16 and again.config.projection_dim == 16
+
+
+def test_nested_vision_tower_keys_load(tmp_path):
+    # transformers 4.x wrote the tower as vision_model.vision_model.* (the real SD 1.x checkpoints)
+    from safetensors.torch import load_file, save_file
+
+    theirs, ours = _checker_pair(tmp_path)
+    state = load_file(tmp_path / "checker" / "model.safetensors")
+    nested = {k.replace("vision_model.", "vision_model.vision_model.", 1): v for k, v in state.items()}
+    save_file(nested, tmp_path / "checker" / "model.safetensors", metadata={"format": "pt"})
+    loaded = td.StableDiffusionSafetyChecker.from_pretrained(tmp_path / "checker")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ours.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def checker_folder(tmp_path_factory):
+    from tests.sd_fixtures import save_tiny_sd_with_checker
+
+    return save_tiny_sd_with_checker(tmp_path_factory.mktemp("sd") / "tiny_sd_checker")
+
+
+def _same_with_flags(theirs, ours, **kwargs):
+    a = theirs(generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np", **kwargs)
+    b = ours(generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np", **kwargs)
+    _assert_same(a.images, b.images)
+    assert b.nsfw_content_detected == a.nsfw_content_detected
+    return b
+
+
+def test_pipeline_with_safety_checker_same_images_and_flags(checker_folder, tmp_path):
+    ours = td.DiffusionPipeline.from_pretrained(checker_folder)
+    assert type(ours.safety_checker) is td.StableDiffusionSafetyChecker
+    assert type(ours.feature_extractor).__name__.startswith("CLIPImageProcessor")
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(checker_folder)
+    for pipe in (theirs, ours):
+        pipe.set_progress_bar_config(disable=True)
+    out = _same_with_flags(theirs, ours, prompt=["the cat", "a photo of a dog"])
+    assert out.nsfw_content_detected == [True, False]
+    assert not out.images[0].any() and out.images[1].any()
+    pt = ours("the cat", num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert pt.nsfw_content_detected == [True] and pt.images.abs().sum() == 0
+    latent = ours("the cat", num_inference_steps=3, output_type="latent")
+    assert latent.nsfw_content_detected is None
+
+    ours.save_pretrained(tmp_path / "ours")
+    import json
+
+    index = json.loads((tmp_path / "ours" / "model_index.json").read_text())
+    assert index["safety_checker"] == ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    back = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "ours")
+    back.set_progress_bar_config(disable=True)
+    _same_with_flags(back, ours, prompt=["a photo of a dog", "the cat"])
+    reloaded = td.StableDiffusionPipeline.from_pretrained(tmp_path / "ours")
+    _same_with_flags(back, reloaded, prompt="the cat")
+
+
 # ---- image-to-image and inpainting ----------------------------------------------------------------------------
 
 
@@ -161,6 +277,52 @@ def test_inpaint_same_images(tiny_sd_folder, tiny_sd_inpaint_folder, which, stre
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     b = ours(generator=gens, num_inference_steps=3, output_type="np", **kwargs).images
     _assert_same(a, b)
+
+
+@pytest.mark.parametrize(
+    "size, box, pad, out_hw",
+    [
+        ((64, 64), (40, 8, 52, 30), 4, (64, 64)),
+        ((80, 64), (2, 40, 30, 60), 0, (64, 32)),
+        ((72, 56), (30, 20, 34, 50), 9, (32, 64)),
+    ],
+)
+def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box, pad, out_hw):
+    from torchdiffusion.pipelines.sd_images import mask_crop_region
+
+    theirs, ours = _pair("StableDiffusionInpaintPipeline", tiny_sd_inpaint_folder)
+    image = _image(3, size=max(size)).crop((0, 0, *size))
+    mask = np.zeros(size[::-1], "uint8")
+    mask[box[1] : box[3], box[0] : box[2]] = 255
+    mask = Image.fromarray(mask)
+    h, w = out_hw
+    crop = mask_crop_region(mask, w, h, pad)
+    assert crop == theirs.mask_processor.get_crop_region(mask, w, h, pad=pad)
+    kwargs = dict(prompt="the cat", image=image, mask_image=mask, padding_mask_crop=pad, height=h, width=w)
+    a = _images(theirs, output_type="pil", **kwargs)
+    b = _images(ours, output_type="pil", **kwargs)
+    assert len(b) == 1 and b[0].size == image.size
+    diff = np.abs(np.asarray(a[0], dtype=int) - np.asarray(b[0], dtype=int))
+    assert diff.max() <= 2
+    outside = np.asarray(mask) == 0  # the original image is kept outside the mask
+    assert np.array_equal(np.asarray(b[0])[outside], np.asarray(image)[outside])
+
+
+def test_mask_crop_region_matches_diffusers():
+    from diffusers.image_processor import VaeImageProcessor
+
+    from torchdiffusion.pipelines.sd_images import mask_crop_region
+
+    rng = np.random.RandomState(0)
+    for _ in range(40):
+        H, W = rng.randint(16, 90, size=2)
+        m = np.zeros((H, W), "uint8")
+        y1, x1 = rng.randint(0, H - 1), rng.randint(0, W - 1)
+        m[y1 : rng.randint(y1 + 1, H + 1), x1 : rng.randint(x1 + 1, W + 1)] = rng.randint(1, 256)
+        mask = Image.fromarray(m)
+        w, h = int(rng.choice([32, 48, 64, 96])), int(rng.choice([32, 48, 64, 96]))
+        pad = int(rng.randint(0, 20))
+        assert mask_crop_region(mask, w, h, pad) == VaeImageProcessor.get_crop_region(mask, w, h, pad=pad)
 
 
 # ---- single file ----------------------------------------------------------------------------------------------

@@ -100,3 +100,26 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
     kwargs = {"prompt": "the cat", "image": Image.fromarray(picture()), "num_inference_steps": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
         pipe(**kwargs)
+
+
+def test_strength_timesteps_and_expand_to_batch():
+    from torchdiffusion.pipelines.denoise import check_latents, strength_timesteps
+    from torchdiffusion.pipelines.sd_images import expand_to_batch
+
+    scheduler = td.EulerDiscreteScheduler()
+    scheduler.set_timesteps(10)
+    tail = strength_timesteps(scheduler, 10, 0.35)  # int(3.5) = 3 steps kept
+    assert tail.tolist() == scheduler.timesteps[7:].tolist() and scheduler.begin_index == 7
+    with pytest.raises(ValueError, match="strength"):
+        strength_timesteps(scheduler, 10, 0.05)
+    x = torch.arange(2.0).view(2, 1)
+    assert expand_to_batch(x, 2, "image") is x
+    assert expand_to_batch(x, 6, "image").flatten().tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="image"):
+        expand_to_batch(x, 3, "image")
+    z = torch.zeros(1, 4, 2, 2)
+    assert check_latents(z, (1, 4, 2, 2), 8) is z
+    with pytest.raises(ValueError, match="latents"):
+        check_latents(z, (1, 4, 2, 3), 8)
+    with pytest.raises(ValueError, match="latents"):
+        check_latents([0.0], (1,), 8)

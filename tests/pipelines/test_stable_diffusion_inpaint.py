@@ -81,7 +81,12 @@ BAD = [
     (dict(image=None), "image"),
     (dict(strength=2.0), "strength"),
     (dict(height=36), "height"),
-    (dict(padding_mask_crop=8), "padding_mask_crop"),
+    (dict(padding_mask_crop=8), "output_type"),  # np output with padding_mask_crop: Diffusers wants PIL too
+    (dict(padding_mask_crop=-1, output_type="pil"), "padding_mask_crop"),
+    (dict(padding_mask_crop=2, output_type="pil", image=np.zeros((64, 64, 3))), "image"),
+    (dict(padding_mask_crop=2, output_type="pil", mask_image=[hole()]), "mask_image"),
+    (dict(padding_mask_crop=2, output_type="pil", mask_image=hole().resize((32, 64))), "mask_image"),
+    (dict(padding_mask_crop=2, output_type="pil", mask_image=Image.new("L", (64, 64))), "mask_image"),
     (dict(latents=torch.zeros(1, 4, 2, 2)), "latents"),
     (dict(masked_image_latents=torch.zeros(1, 3, 8, 8)), "masked_image_latents"),
     (
@@ -97,8 +102,57 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
         run(pipe, **kwargs)
 
 
+def test_padding_mask_crop_repaints_only_the_crop(pipe):
+    from torchdiffusion.pipelines.sd_images import mask_crop_region
+
+    m = np.zeros((64, 64), "uint8")
+    m[40:50, 0:4] = 255
+    mask = Image.fromarray(m)
+    # box x [0, 4) y [40, 50), padded by 2 to x [0, 6) y [38, 52), widened to 14 x 14 around x=3: slid to x >= 0
+    assert mask_crop_region(mask, 64, 64, 2) == (0, 38, 14, 52)
+    assert mask_crop_region(mask, 32, 64, 2) == (0, 38, 7, 52)  # output 1:2 -> the box widens by int(7 - 6)
+    out = run(pipe, mask_image=mask, padding_mask_crop=2, output_type="pil")
+    assert len(out) == 1 and out[0].size == (64, 64)
+    got, original = np.asarray(out[0]), np.asarray(picture())
+    assert np.array_equal(got[m == 0], original[m == 0]) and not np.array_equal(got[m > 0], original[m > 0])
+    images, nsfw = pipe(
+        "a",
+        image=picture(),
+        mask_image=mask,
+        padding_mask_crop=0,
+        num_inference_steps=1,
+        output_type="pil",
+        return_dict=False,
+    )
+    assert len(images) == 1 and nsfw is None
+    with pytest.raises(TypeError, match="padding_mask_crop"):
+        run(pipe, mask_image=mask, padding_mask_crop=2.5, output_type="pil")
+
+
 def test_unet_with_other_channel_counts_is_refused(pipe):
     unet = td.UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 5})
     p = td.StableDiffusionInpaintPipeline(**{**pipe.components, "unet": unet})
     with pytest.raises(ValueError, match="unet"):
         run(p)
+
+
+def test_fill_cover_and_paste_helpers():
+    from torchdiffusion.pipelines.sd_images import crop_for_inpainting, paste_inpainted, resize_cover, resize_fill
+
+    tall = Image.fromarray(np.tile(np.arange(20, dtype="uint8")[:, None, None] * 10, (1, 10, 3)))  # 10 x 20
+    filled = np.asarray(resize_fill(tall, 20, 20))  # fitted 10 x 20 in the middle, edge columns stretched
+    assert filled.shape == (20, 20, 3) and (filled[:, :5] == filled[:, 5:6]).all()
+    assert (filled[:, 15:] == filled[:, 14:15]).all()
+    covered = resize_cover(tall, 20, 20)  # scaled to 20 x 40, the middle 20 rows kept
+    assert covered.size == (20, 20) and np.asarray(covered)[0, 0, 0] > np.asarray(tall)[0, 0, 0]
+    image = Image.fromarray(np.full((16, 16, 3), 100, "uint8"))
+    m = np.zeros((16, 16), "uint8")
+    m[4:8, 4:8] = 255
+    mask = Image.fromarray(m)
+    crop, crop_mask = crop_for_inpainting(image, mask, (2, 2, 10, 10), 32, 32)
+    assert crop.size == crop_mask.size == (32, 32) and crop_mask.mode == "L"
+    small = np.asarray(crop_mask)  # the 4 x 4 hole at (2, 2) of the crop, scaled x4 with Lanczos
+    assert small[11:21, 11:21].min() > 200 and small[:4].max() < 30 and small[:, 28:].max() < 30
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    pasted = np.asarray(paste_inpainted(image, mask, white, (2, 2, 10, 10)))
+    assert (pasted[m > 0] == 255).all() and (pasted[m == 0] == 100).all()

@@ -80,6 +80,36 @@ def set_timesteps(
     return scheduler.timesteps
 
 
+def check_latents(latents: Any, shape: tuple[int, ...], factor: int) -> torch.Tensor:
+    """``latents`` if it is a tensor of ``shape`` (batch, channels, height/factor, width/factor); else
+    ``ValueError`` naming ``latents``."""
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(shape):
+        got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(
+            f"latents must have shape {tuple(shape)} (batch, channels, height/{factor}, width/{factor}), got {got}"
+        )
+    return latents
+
+
+def strength_timesteps(scheduler: Any, num_inference_steps: int, strength: float) -> torch.Tensor:
+    """The tail of ``scheduler.timesteps`` that ``strength`` keeps (``strength * num_inference_steps`` steps).
+
+    Tells the scheduler where it starts (``set_begin_index``) when it counts steps; ``ValueError`` naming
+    ``strength`` when no step would be left.
+    """
+    kept = min(int(num_inference_steps * strength), num_inference_steps)
+    start = max(num_inference_steps - kept, 0) * scheduler.order
+    timesteps = scheduler.timesteps[start:]
+    if len(timesteps) == 0 or kept == 0:
+        raise ValueError(
+            f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step; "
+            "raise strength or num_inference_steps"
+        )
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return timesteps
+
+
 def denoise(
     pipe: Any,
     scheduler: Any,

@@ -31,13 +31,15 @@ TRANSFORMERS_ALLOWED = frozenset(
         "CLIPVisionModelWithProjection",
         "CLIPImageProcessor",
         "CLIPImageProcessorFast",
+        "CLIPImageProcessorPil",
         "CLIPFeatureExtractor",
         "T5EncoderModel",
         "T5Tokenizer",
         "T5TokenizerFast",
     }
 )
-_OUR_LIBRARIES = ("diffusers", "torchdiffusion")
+# "stable_diffusion": the library Diffusers writes for StableDiffusionSafetyChecker (its pipeline module).
+_OUR_LIBRARIES = ("diffusers", "torchdiffusion", "stable_diffusion")
 
 
 @dataclass
@@ -71,7 +73,7 @@ def _library_of(module: Any) -> tuple[str | None, str | None]:
     if module is None:
         return None, None
     root = type(module).__module__.split(".")[0]
-    library = "diffusers" if root == "torchdiffusion" else root
+    library = getattr(type(module), "_pipeline_library", "diffusers") if root == "torchdiffusion" else root
     return library, type(module).__name__
 
 
@@ -204,11 +206,17 @@ class DiffusionPipeline(ConfigMixin):
         push_to_hub: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Write ``model_index.json`` and every component into its own subfolder."""
+        """Write ``model_index.json`` and every component into its own subfolder.
+
+        ``push_to_hub=True`` then uploads the folder (with a ``README.md`` model card if the repo has none);
+        upload options: ``repo_id`` (default: the folder's name), ``commit_message``, ``private``, ``token``,
+        ``create_pr``.
+        """
+        from ..hub import split_push_kwargs
+
+        push, kwargs = split_push_kwargs(kwargs)
         if kwargs:
             raise TypeError(f"save_pretrained got unexpected keyword argument(s): {', '.join(kwargs)}")
-        if push_to_hub:
-            raise NotImplementedError("push_to_hub: upload the saved folder with huggingface_hub.upload_folder")
         self.save_config(save_directory)
         from ..models.modeling import ModelMixin
 
@@ -227,6 +235,11 @@ class DiffusionPipeline(ConfigMixin):
                 component.save_pretrained(target)
             else:
                 raise TypeError(f"component {name!r} ({type(component).__name__}) cannot be saved")
+        if push_to_hub:
+            from ..hub import upload_saved_folder
+
+            push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            upload_saved_folder(self, save_directory, **push)
 
     # ---- loading ---------------------------------------------------------------------------------------
     @classmethod
@@ -330,6 +343,8 @@ def _load_component(root, name: str, entry, torch_dtype, variant, use_safetensor
     if library == "transformers" and class_name in TRANSFORMERS_ALLOWED:
         import transformers
 
+        if class_name == "CLIPFeatureExtractor" and not hasattr(transformers, class_name):
+            class_name = "CLIPImageProcessor"  # old SD folders; transformers 5 dropped the alias
         component_cls = getattr(transformers, class_name)
         options: dict[str, Any] = {"subfolder": name}
         options.update({k: v for k, v in hub_kwargs.items() if v is not None})

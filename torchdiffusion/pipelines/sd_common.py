@@ -14,9 +14,9 @@ import copy
 import logging
 import math
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -25,8 +25,17 @@ from ..core.guidance import classifier_free_guidance, rescale_guidance
 from ..utils.images import check_output_type, postprocess
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import check_generator, randn_tensor
-from .denoise import check_finite_number, check_positive_int
+from .denoise import (
+    check_finite_number,
+    check_latents,
+    check_positive_int,
+    denoise,
+    fresh_scheduler,
+    set_timesteps,
+    strength_timesteps,
+)
 from .pipeline import DiffusionPipeline
+from .sd_prompts import PromptEncodingMixin, check_prompt_arguments
 
 logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -109,7 +118,7 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: t
     return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
 
 
-class StableDiffusionMixin(DiffusionPipeline):
+class StableDiffusionMixin(PromptEncodingMixin, DiffusionPipeline):
     """Base of the Stable Diffusion pipelines. ``safety_checker``, ``feature_extractor`` and ``image_encoder``
     are optional (None); ``image_encoder`` is kept for folder compatibility only (no IP-Adapter here)."""
 
@@ -195,164 +204,118 @@ class StableDiffusionMixin(DiffusionPipeline):
         vae = getattr(self, "vae", None)
         return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
 
-    # ---- text ------------------------------------------------------------------------------------------
-    def _tokenize(self, texts: list[str], max_length: int, warn: bool) -> Any:
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
-        if warn:
-            full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
-            if full.shape[-1] > tokens.input_ids.shape[-1]:
-                removed = self.tokenizer.batch_decode(full[:, max_length - 1 : -1])
-                warnings.warn(
-                    f"prompt: the text encoder reads at most {max_length} tokens; this part was cut off: {removed}",
-                    stacklevel=4,
-                )
-        return tokens
+    # ---- the steps of a call ----------------------------------------------------------------------------
+    def _arguments(self, arguments: dict[str, Any]) -> SimpleNamespace:
+        """A call's arguments (``locals()`` at the top of ``__call__``) as attributes; a Diffusers
+        ``PipelineCallback`` object brings its own ``tensor_inputs``."""
+        a = SimpleNamespace(**{k: v for k, v in arguments.items() if k not in ("self", "__class__")})
+        if hasattr(a.callback_on_step_end, "tensor_inputs"):
+            a.callback_on_step_end_tensor_inputs = a.callback_on_step_end.tensor_inputs
+        return a
 
-    def _text_embeddings(self, texts: list[str], device, clip_skip: int | None, max_length: int, warn: bool):
-        """Hidden states (batch, tokens, dim) of the text encoder; ``clip_skip`` layers before the last."""
-        tokens = self._tokenize(texts, max_length, warn)
-        mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            mask = tokens.attention_mask.to(device)
-        ids = tokens.input_ids.to(device)
-        if clip_skip is None:
-            return self.text_encoder(ids, attention_mask=mask)[0]
-        hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
-        return text_model.final_layer_norm(hidden[-(clip_skip + 1)])
-
-    def encode_prompt(
-        self,
-        prompt: str | list[str] | None,
-        device: torch.device | str | None,
-        num_images_per_prompt: int,
-        do_classifier_free_guidance: bool,
-        negative_prompt: str | list[str] | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        lora_scale: float | None = None,
-        clip_skip: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text -> (prompt_embeds, negative_prompt_embeds), each (batch * num_images_per_prompt, tokens, dim).
-
-        ``negative_prompt_embeds`` is None without classifier-free guidance; an absent ``negative_prompt`` means
-        the empty prompt. Prompts longer than the tokenizer's ``model_max_length`` are cut with a warning.
-        ``lora_scale`` is accepted for Diffusers compatibility and unused.
-        """
-        device = self.device if device is None else device
-        if prompt_embeds is None:
-            texts = [prompt] if isinstance(prompt, str) else list(prompt)
-            max_length = self.tokenizer.model_max_length
-            prompt_embeds = self._text_embeddings(texts, device, clip_skip, max_length, warn=True)
-        batch_size = prompt_embeds.shape[0]
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            if negative_prompt is None:
-                negatives = [""] * batch_size
-            elif isinstance(negative_prompt, str):
-                negatives = [negative_prompt] * batch_size
-            else:
-                negatives = list(negative_prompt)
-                if len(negatives) != batch_size:
-                    raise ValueError(
-                        f"negative_prompt has {len(negatives)} entries but prompt has {batch_size}; pass one "
-                        "negative prompt, or one per prompt"
-                    )
-            negative_prompt_embeds = self._text_embeddings(negatives, device, None, prompt_embeds.shape[1], False)
-        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        if do_classifier_free_guidance:
-            negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
-            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        return prompt_embeds, negative_prompt_embeds
-
-    # ---- checks ----------------------------------------------------------------------------------------
-    def _check_common(
-        self,
-        prompt: Any,
-        prompt_embeds: Any,
-        negative_prompt: Any,
-        negative_prompt_embeds: Any,
-        num_inference_steps: Any,
-        timesteps: Any,
-        sigmas: Any,
-        guidance_scale: Any,
-        guidance_rescale: Any,
-        num_images_per_prompt: Any,
-        eta: Any,
-        generator: Any,
-        output_type: Any,
-        clip_skip: Any,
-        cross_attention_kwargs: Any,
-        callback_on_step_end: Any,
-        callback_on_step_end_tensor_inputs: Sequence[str],
-    ) -> int:
-        """Validate the arguments every SD pipeline takes; return the number of images (prompts x per prompt)."""
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("prompt is missing: pass prompt (a string or list of strings) or prompt_embeds")
-        if prompt is not None:
-            if isinstance(prompt, str):
-                batch = 1
-            elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-                batch = len(prompt)
-            else:
-                raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
-        else:
-            if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
-                raise ValueError("prompt_embeds must be a tensor (batch, tokens, dim)")
-            batch = prompt_embeds.shape[0]
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            if not (isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt)):
-                raise ValueError(f"negative_prompt must be a string or a list of strings, got {negative_prompt!r:.80}")
-            if len(negative_prompt) != batch:
-                raise ValueError(
-                    f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch}; pass one negative "
-                    "prompt, or one per prompt"
-                )
-        if negative_prompt_embeds is not None:
-            if prompt_embeds is None:
-                raise ValueError("negative_prompt_embeds needs prompt_embeds (of the same shape) instead of prompt")
-            if (
-                not isinstance(negative_prompt_embeds, torch.Tensor)
-                or negative_prompt_embeds.shape != prompt_embeds.shape
-            ):
-                shape = tuple(getattr(negative_prompt_embeds, "shape", ()))
-                raise ValueError(
-                    f"negative_prompt_embeds must have the shape of prompt_embeds {tuple(prompt_embeds.shape)}, "
-                    f"got {shape}"
-                )
-        if timesteps is None and sigmas is None:
-            check_positive_int(num_inference_steps, "num_inference_steps")
-        elif timesteps is not None and sigmas is not None:
+    def _check_common(self, a: SimpleNamespace) -> int:
+        """Validate the arguments every SD pipeline takes (see :meth:`_arguments`); return the number of images
+        (prompts x per prompt)."""
+        batch = check_prompt_arguments(a.prompt, a.prompt_embeds, a.negative_prompt, a.negative_prompt_embeds)
+        if a.timesteps is None and a.sigmas is None:
+            check_positive_int(a.num_inference_steps, "num_inference_steps")
+        elif a.timesteps is not None and a.sigmas is not None:
             raise ValueError("pass either timesteps or sigmas, not both")
-        check_finite_number(guidance_scale, "guidance_scale")
-        check_finite_number(guidance_rescale, "guidance_rescale", 0.0, 1.0)
-        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
-        check_finite_number(eta, "eta", 0.0)
-        total = batch * num_images_per_prompt
-        check_generator(generator, total)
-        check_output_type(output_type, OUTPUT_TYPES)
-        if clip_skip is not None:
+        check_finite_number(a.guidance_scale, "guidance_scale")
+        check_finite_number(a.guidance_rescale, "guidance_rescale", 0.0, 1.0)
+        check_positive_int(a.num_images_per_prompt, "num_images_per_prompt")
+        check_finite_number(a.eta, "eta", 0.0)
+        total = batch * a.num_images_per_prompt
+        check_generator(a.generator, total)
+        check_output_type(a.output_type, OUTPUT_TYPES)
+        if a.clip_skip is not None:
             layers = getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None)
-            check_positive_int(clip_skip, "clip_skip", minimum=0)
-            if layers is not None and clip_skip >= layers:
-                raise ValueError(f"clip_skip must be < the text encoder's {layers} layers, got {clip_skip}")
-        if cross_attention_kwargs is not None and not isinstance(cross_attention_kwargs, dict):
-            raise ValueError(
-                f"cross_attention_kwargs must be a dict or None, got {type(cross_attention_kwargs).__name__}"
-            )
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            check_positive_int(a.clip_skip, "clip_skip", minimum=0)
+            if layers is not None and a.clip_skip >= layers:
+                raise ValueError(f"clip_skip must be < the text encoder's {layers} layers, got {a.clip_skip}")
+        kwargs = a.cross_attention_kwargs
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"cross_attention_kwargs must be a dict or None, got {type(kwargs).__name__}")
+        if a.callback_on_step_end is not None and not callable(a.callback_on_step_end):
             raise ValueError("callback_on_step_end must be callable: fn(pipe, step, timestep, tensors) -> dict")
-        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        bad = [k for k in a.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs has {bad}; allowed: {self._callback_tensor_inputs}")
         return total
+
+    def _run(self, a: SimpleNamespace, body: Callable[[_CallState], Any]) -> Any:
+        """``body(call_state)`` in inference mode with this call's per-call state installed (thread-local)."""
+        call, previous = self._begin_call(
+            guidance_scale=a.guidance_scale,
+            guidance_rescale=a.guidance_rescale,
+            clip_skip=a.clip_skip,
+            cross_attention_kwargs=a.cross_attention_kwargs,
+        )
+        try:
+            with torch.inference_mode():
+                return body(call)
+        finally:
+            self._end_call(previous)
+
+    def _prepare_denoising(
+        self, call: _CallState, a: SimpleNamespace, strength: float | None = None
+    ) -> tuple[dict[str, Any], Any, torch.Tensor]:
+        """Encode the prompts, copy the scheduler and set its timesteps (only the tail ``strength`` keeps, when
+        given). Returns (state for :func:`denoise` with ``prompt_embeds``, doubled [negative, positive] under
+        classifier-free guidance, and ``negative_prompt_embeds``; the scheduler copy; the timesteps)."""
+        device = self.device
+        cfg = self.do_classifier_free_guidance
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            a.prompt,
+            device,
+            a.num_images_per_prompt,
+            cfg,
+            a.negative_prompt,
+            prompt_embeds=a.prompt_embeds,
+            negative_prompt_embeds=a.negative_prompt_embeds,
+            clip_skip=call.clip_skip,
+        )
+        scheduler = fresh_scheduler(self.scheduler)
+        steps = set_timesteps(scheduler, a.num_inference_steps, device, timesteps=a.timesteps, sigmas=a.sigmas)
+        if strength is not None:
+            n = a.num_inference_steps if a.timesteps is None and a.sigmas is None else len(steps)
+            steps = strength_timesteps(scheduler, n, strength)
+        call.num_timesteps = len(steps)
+        state = {
+            "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+        }
+        return state, scheduler, steps
+
+    def _denoise_and_finish(
+        self,
+        call: _CallState,
+        a: SimpleNamespace,
+        total: int,
+        scheduler: Any,
+        steps: torch.Tensor,
+        latents: torch.Tensor,
+        state: dict[str, Any],
+        extra_inputs: Sequence[str] = (),
+        after_step: Callable | None = None,
+    ) -> Any:
+        """Run :func:`denoise` with the guided UNet (``extra_inputs`` from ``state`` appended as channels), then
+        decode, filter and convert (see :meth:`_finish`)."""
+        timestep_cond = self._timestep_cond(total, call.guidance_scale, self.device, latents.dtype)
+        latents = denoise(
+            self,
+            scheduler,
+            latents,
+            self._predictor(timestep_cond, extra_inputs=extra_inputs),
+            steps,
+            generator=a.generator,
+            step_options={"eta": a.eta},
+            state=state,
+            after_step=after_step,
+            callback_on_step_end=a.callback_on_step_end,
+            callback_on_step_end_tensor_inputs=a.callback_on_step_end_tensor_inputs,
+        )
+        return self._finish(latents, a.output_type, a.return_dict, state["prompt_embeds"].dtype)
 
     def _check_size(self, height: Any, width: Any) -> None:
         f = self.vae_scale_factor
@@ -387,10 +350,7 @@ class StableDiffusionMixin(DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
-            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
-                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(f"latents must have shape {shape} (batch, channels, height/{f}, width/{f}), got {got}")
-            latents = latents.to(device)
+            latents = check_latents(latents, shape, f).to(device)
         return latents * scheduler.init_noise_sigma
 
     def get_guidance_scale_embedding(self, w: torch.Tensor, embedding_dim: int = 512, dtype=torch.float32):

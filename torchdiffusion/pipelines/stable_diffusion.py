@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from ..utils.torch_utils import GeneratorArg
-from .denoise import denoise, fresh_scheduler, set_timesteps
 from .sd_common import StableDiffusionMixin, StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionPipeline", "StableDiffusionPipelineOutput"]
@@ -58,124 +57,24 @@ class StableDiffusionPipeline(StableDiffusionMixin):
         replace) the tensors named in ``callback_on_step_end_tensor_inputs``.
         Returns :class:`StableDiffusionPipelineOutput` (or ``(images, nsfw_content_detected)``).
         """
-        if hasattr(callback_on_step_end, "tensor_inputs"):  # Diffusers' PipelineCallback objects
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        height, width = self._default_size(height, width)
-        self._check_size(height, width)
-        total = self._check_common(
-            prompt,
-            prompt_embeds,
-            negative_prompt,
-            negative_prompt_embeds,
-            num_inference_steps,
-            timesteps,
-            sigmas,
-            guidance_scale,
-            guidance_rescale,
-            num_images_per_prompt,
-            eta,
-            generator,
-            output_type,
-            clip_skip,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        call, previous = self._begin_call(
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            clip_skip=clip_skip,
-            cross_attention_kwargs=cross_attention_kwargs,
-        )
-        try:
-            with torch.inference_mode():
-                return self._generate(
-                    call,
-                    prompt,
-                    height,
-                    width,
-                    num_inference_steps,
-                    timesteps,
-                    sigmas,
-                    negative_prompt,
-                    num_images_per_prompt,
-                    eta,
-                    generator,
-                    latents,
-                    prompt_embeds,
-                    negative_prompt_embeds,
-                    output_type,
-                    return_dict,
-                    total,
-                    callback_on_step_end,
-                    callback_on_step_end_tensor_inputs,
-                )
-        finally:
-            self._end_call(previous)
+        a = self._arguments(locals())
+        a.height, a.width = self._default_size(height, width)
+        self._check_size(a.height, a.width)
+        total = self._check_common(a)
+        return self._run(a, lambda call: self._generate(call, a, total))
 
-    def _generate(
-        self,
-        call,
-        prompt,
-        height,
-        width,
-        num_inference_steps,
-        timesteps,
-        sigmas,
-        negative_prompt,
-        num_images_per_prompt,
-        eta,
-        generator,
-        latents,
-        prompt_embeds,
-        negative_prompt_embeds,
-        output_type,
-        return_dict,
-        total,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
-    ):
-        device = self.device
-        cfg = self.do_classifier_free_guidance
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            device,
-            num_images_per_prompt,
-            cfg,
-            negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=call.clip_skip,
-        )
-        scheduler = fresh_scheduler(self.scheduler)
-        timesteps = set_timesteps(scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas)
-        call.num_timesteps = len(timesteps)
+    def _generate(self, call: Any, a: Any, total: int) -> StableDiffusionPipelineOutput | tuple:
+        state, scheduler, steps = self._prepare_denoising(call, a)
+        dtype = state["prompt_embeds"].dtype
         latents = self.prepare_latents(
             total,
             self.unet.config.in_channels,
-            height,
-            width,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            latents,
-            scheduler=scheduler,
-        )
-        state = {
-            "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds,
-            "negative_prompt_embeds": negative_prompt_embeds,
-        }
-        predict = self._predictor(self._timestep_cond(total, call.guidance_scale, device, latents.dtype))
-        latents = denoise(
-            self,
+            a.height,
+            a.width,
+            dtype,
+            self.device,
+            a.generator,
+            a.latents,
             scheduler,
-            latents,
-            predict,
-            timesteps,
-            generator=generator,
-            step_options={"eta": eta},
-            state=state,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        return self._finish(latents, output_type, return_dict, prompt_embeds.dtype)
+        return self._denoise_and_finish(call, a, total, scheduler, steps, latents, state)

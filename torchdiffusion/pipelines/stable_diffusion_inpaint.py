@@ -14,10 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .denoise import check_finite_number, denoise, fresh_scheduler, set_timesteps
+from .denoise import check_finite_number, check_latents, check_positive_int
 from .sd_common import StableDiffusionMixin, StableDiffusionPipelineOutput
-from .sd_images import preprocess_image, preprocess_mask
-from .stable_diffusion_img2img import expand_to_batch, strength_timesteps
+from .sd_images import (
+    crop_for_inpainting,
+    expand_to_batch,
+    mask_crop_region,
+    paste_inpainted,
+    preprocess_image,
+    preprocess_mask,
+)
 
 __all__ = ["StableDiffusionInpaintPipeline"]
 
@@ -61,17 +67,17 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         ``image``: as for image-to-image; ``mask_image``: PIL, numpy (H, W) or tensor (1, H, W) / (B, 1, H, W)
         in [0, 1]. Both are resized to ``height`` x ``width`` (default ``unet.config.sample_size * 8``).
         ``strength`` < 1 starts from the noised image instead of pure noise. ``masked_image_latents``
-        (batch, 4, h, w) replaces the encoded masked image. Other arguments as
+        (batch, 4, h, w) replaces the encoded masked image. ``padding_mask_crop`` (pixels, PIL ``image`` and
+        ``mask_image`` and ``output_type="pil"`` only): inpaint just the mask's bounding box grown by that many
+        pixels and matched to the ``width / height`` aspect ratio, at ``height`` x ``width``, and paste the result
+        back into the full-size image (outside the mask the original pixels are kept). Other arguments as
         :meth:`StableDiffusionPipeline.__call__`.
         """
-        if hasattr(callback_on_step_end, "tensor_inputs"):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        a = self._arguments(locals())
         if image is None:
             raise ValueError("image is missing: pass the image to inpaint")
         if mask_image is None:
             raise ValueError("mask_image is missing: pass a mask (white = repaint)")
-        if padding_mask_crop is not None:
-            raise ValueError("padding_mask_crop is not supported; crop the image and mask before the call")
         channels = self.unet.config.in_channels
         latent_channels = self.vae.config.latent_channels
         if channels not in (latent_channels, 2 * latent_channels + 1):
@@ -79,31 +85,17 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         check_finite_number(strength, "strength", 0.0, 1.0)
         height, width = self._default_size(height, width)
         self._check_size(height, width)
-        total = self._check_common(
-            prompt,
-            prompt_embeds,
-            negative_prompt,
-            negative_prompt_embeds,
-            num_inference_steps,
-            timesteps,
-            sigmas,
-            guidance_scale,
-            guidance_rescale,
-            num_images_per_prompt,
-            eta,
-            generator,
-            output_type,
-            clip_skip,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
+        total = self._check_common(a)
         f = self.vae_scale_factor
+        box = None
+        if padding_mask_crop is not None:
+            box = self._check_padding_mask_crop(padding_mask_crop, image, mask_image, output_type, width, height)
+            image, mask_image = crop_for_inpainting(image, mask_image, box, width, height)
         pixels = preprocess_image(image, height, width, f, latent_channels=None)
         mask = preprocess_mask(mask_image, height, width, f)
         shape = (total, latent_channels, height // f, width // f)
-        if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape):
-            raise ValueError(f"latents must have shape {shape}, got {tuple(getattr(latents, 'shape', ()))}")
+        if latents is not None:
+            check_latents(latents, shape, f)
         if masked_image_latents is not None and (
             not isinstance(masked_image_latents, torch.Tensor) or masked_image_latents.shape[1:] != shape[1:]
         ):
@@ -111,83 +103,39 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
                 f"masked_image_latents must have shape (batch, {latent_channels}, {height // f}, "
                 f"{width // f}), got {tuple(getattr(masked_image_latents, 'shape', ()))}"
             )
-        call, previous = self._begin_call(
-            guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-            clip_skip=clip_skip,
-            cross_attention_kwargs=cross_attention_kwargs,
-        )
-        try:
-            with torch.inference_mode():
-                return self._inpaint(
-                    call,
-                    prompt,
-                    pixels,
-                    mask,
-                    masked_image_latents,
-                    num_inference_steps,
-                    timesteps,
-                    sigmas,
-                    strength,
-                    negative_prompt,
-                    num_images_per_prompt,
-                    eta,
-                    generator,
-                    latents,
-                    prompt_embeds,
-                    negative_prompt_embeds,
-                    output_type,
-                    return_dict,
-                    total,
-                    callback_on_step_end,
-                    callback_on_step_end_tensor_inputs,
-                )
-        finally:
-            self._end_call(previous)
+        out = self._run(a, lambda call: self._inpaint(call, a, total, pixels, mask))
+        if box is not None:  # paste the inpainted crops back into the original image
+            images, nsfw = (out.images, out.nsfw_content_detected) if return_dict else out
+            images = [paste_inpainted(a.image, a.mask_image, im, box) for im in images]
+            out = StableDiffusionPipelineOutput(images, nsfw) if return_dict else (images, nsfw)
+        return out
 
-    def _inpaint(
-        self,
-        call,
-        prompt,
-        pixels,
-        mask,
-        masked_image_latents,
-        num_inference_steps,
-        timesteps,
-        sigmas,
-        strength,
-        negative_prompt,
-        num_images_per_prompt,
-        eta,
-        generator,
-        latents,
-        prompt_embeds,
-        negative_prompt_embeds,
-        output_type,
-        return_dict,
-        total,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
-    ):
-        device = self.device
-        cfg = self.do_classifier_free_guidance
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt,
-            device,
-            num_images_per_prompt,
-            cfg,
-            negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=call.clip_skip,
-        )
-        dtype = prompt_embeds.dtype
-        scheduler = fresh_scheduler(self.scheduler)
-        steps = set_timesteps(scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas)
-        n = num_inference_steps if timesteps is None and sigmas is None else len(steps)
-        steps = strength_timesteps(scheduler, n, strength)
-        call.num_timesteps = len(steps)
-        full_strength = strength == 1.0
+    @staticmethod
+    def _check_padding_mask_crop(
+        padding_mask_crop: Any, image: Any, mask_image: Any, output_type: str, width: int, height: int
+    ) -> tuple[int, int, int, int]:
+        """Validate the ``padding_mask_crop`` inputs (one PIL image and mask of one size, PIL output); return the
+        crop box (x1, y1, x2, y2)."""
+        from PIL import Image
+
+        check_positive_int(padding_mask_crop, "padding_mask_crop", minimum=0)
+        for name, value in (("image", image), ("mask_image", mask_image)):
+            if not isinstance(value, Image.Image):
+                raise ValueError(
+                    f"{name} must be one PIL image when padding_mask_crop is set, got {type(value).__name__}"
+                )
+        if image.size != mask_image.size:
+            raise ValueError(f"mask_image has size {mask_image.size} but image has {image.size}; they must match")
+        if output_type != "pil":
+            raise ValueError(f"output_type must be 'pil' when padding_mask_crop is set, got {output_type!r}")
+        return mask_crop_region(mask_image, width, height, padding_mask_crop)
+
+    def _inpaint(self, call: Any, a: Any, total: int, pixels: torch.Tensor, mask: torch.Tensor):
+        """The inpainting run for the checked arguments ``a``: ``pixels`` (B, 3, H, W) in [-1, 1], ``mask``
+        (B, 1, H, W) of 0/1."""
+        state, scheduler, steps = self._prepare_denoising(call, a, a.strength)
+        device, dtype, generator, latents = self.device, state["prompt_embeds"].dtype, a.generator, a.latents
+        full_strength = a.strength == 1.0
         blend = self.unet.config.in_channels == self.vae.config.latent_channels
 
         if isinstance(generator, (list, tuple)):  # one generator per image: each image is encoded with its own
@@ -209,18 +157,16 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
             latents = noise * scheduler.init_noise_sigma
 
         # The UNet's extra inputs: the mask at latent size and the latents of the image with the hole cut out.
+        masked_image_latents = a.masked_image_latents
         if masked_image_latents is None:
             masked_image_latents = self._encode_images(pixels * (mask < 0.5), generator)
         masked_image_latents = expand_to_batch(masked_image_latents.to(device=device, dtype=dtype), total, "image")
         small_mask = expand_to_batch(
             F.interpolate(mask, size=(h, w)).to(device=device, dtype=dtype), total, "mask_image"
         )
-        state = {
-            "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds,
-            "negative_prompt_embeds": negative_prompt_embeds,
-            "mask": torch.cat([small_mask] * 2) if cfg else small_mask,
-            "masked_image_latents": torch.cat([masked_image_latents] * 2) if cfg else masked_image_latents,
-        }
+        cfg = self.do_classifier_free_guidance
+        state["mask"] = torch.cat([small_mask] * 2) if cfg else small_mask
+        state["masked_image_latents"] = torch.cat([masked_image_latents] * 2) if cfg else masked_image_latents
         after_step = None
         if blend:
 
@@ -232,18 +178,4 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
                 return (1 - keep) * known + keep * x
 
         extra = () if blend else ("mask", "masked_image_latents")
-        predict = self._predictor(self._timestep_cond(total, call.guidance_scale, device, dtype), extra_inputs=extra)
-        latents = denoise(
-            self,
-            scheduler,
-            latents,
-            predict,
-            steps,
-            generator=generator,
-            step_options={"eta": eta},
-            state=state,
-            after_step=after_step,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
-        return self._finish(latents, output_type, return_dict, dtype)
+        return self._denoise_and_finish(call, a, total, scheduler, steps, latents, state, extra, after_step)
