@@ -42,9 +42,11 @@ def test_scheduler_config_keys_and_defaults_match_diffusers(name):
     theirs = getattr(diffusers, name, None)
     if theirs is None:
         pytest.skip(f"diffusers has no {name}")
-    ours = [(k, d) for k, d in _params(getattr(td, name).__init__) if k not in EXTRA_SCHEDULER_KEYS]
+    everything = _params(getattr(td, name).__init__)
     expected = _params(theirs.__init__)
+    ours = everything[: len(expected)]  # Diffusers' arguments first, in order: positional calls mean the same
     assert [k for k, _ in ours] == [k for k, _ in expected]
+    assert {k for k, _ in everything[len(expected) :]} <= EXTRA_SCHEDULER_KEYS
     for (key, a), (_, b) in zip(ours, expected):
         assert _same_default(a, b), f"{name}.{key}: default {a!r}, Diffusers {b!r}"
 

@@ -40,13 +40,13 @@ class DEISMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
-        use_ode_tuned_sigmas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
+        use_ode_tuned_sigmas: bool = False,  # ours, not Diffusers': last, so positions match theirs
     ):
         remap_legacy(self, TO_DEIS, algorithm_type=("deis",), solver_type=("logrho",))
         self._init_multistep()

@@ -46,7 +46,6 @@ class DPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         use_lu_lambdas: bool = False,
-        use_ode_tuned_sigmas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
         final_sigmas_type: str = "zero",
@@ -57,6 +56,7 @@ class DPMSolverMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         rescale_betas_zero_snr: bool = False,
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
+        use_ode_tuned_sigmas: bool = False,  # ours, not Diffusers': last, so positions match theirs
     ):
         remap_legacy(self, TO_DPM, algorithm_type=ALGORITHMS, solver_type=("midpoint", "heun"))
         self._init_multistep()

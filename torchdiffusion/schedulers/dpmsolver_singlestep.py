@@ -59,7 +59,6 @@ class DPMSolverSinglestepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
-        use_ode_tuned_sigmas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
         final_sigmas_type: str = "zero",
@@ -67,6 +66,7 @@ class DPMSolverSinglestepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         variance_type: str | None = None,
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
+        use_ode_tuned_sigmas: bool = False,  # ours, not Diffusers': last, so positions match theirs
     ):
         algorithms = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
         remap_legacy(self, TO_DPM, algorithm_type=algorithms, solver_type=("midpoint", "heun"))

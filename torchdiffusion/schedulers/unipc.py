@@ -48,7 +48,6 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
-        use_ode_tuned_sigmas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
         timestep_spacing: str = "linspace",
@@ -60,6 +59,7 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         shift_terminal: float | None = None,
+        use_ode_tuned_sigmas: bool = False,  # ours, not Diffusers': last, so positions match theirs
     ):
         remap_legacy(self, TO_UNIPC, solver_type=M.UNIPC_VARIANTS)
         if shift_terminal is not None and not use_flow_sigmas:
