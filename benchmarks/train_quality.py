@@ -10,6 +10,7 @@ Diffusers.
 
     python benchmarks/train_quality.py                 # the full figure (two runs of ~1500 steps: long on a CPU)
     python benchmarks/train_quality.py --steps 300     # a quick look
+    python benchmarks/train_quality.py --output-dir DIR --reuse-ours   # score a finished run of ours again
 """
 
 from __future__ import annotations
@@ -97,9 +98,13 @@ def run_peer(seconds: float, seed: int, batch_size: int = 64):
 def sample_peer(model, noise_scheduler, n: int) -> torch.Tensor:
     import diffusers
 
-    pipe = diffusers.DDPMPipeline(
-        unet=model.eval(), scheduler=diffusers.DPMSolverMultistepScheduler.from_config(noise_scheduler.config)
+    # The same sampler settings as ours (torchdiffusion.training.recipes.swap_scheduler): the training schedule's
+    # timestep spacing and dynamic thresholding, Diffusers' advice for pixel-space models; with its defaults
+    # (linspace from t=999 on the cosine schedule) most samples saturate, which would be no comparison at all.
+    sampler = diffusers.DPMSolverMultistepScheduler.from_config(
+        noise_scheduler.config, timestep_spacing=noise_scheduler.config.timestep_spacing, thresholding=True
     )
+    pipe = diffusers.DDPMPipeline(unet=model.eval(), scheduler=sampler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
@@ -115,11 +120,23 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=None, help="keep our run here (default: a temporary folder)")
+    p.add_argument(
+        "--reuse-ours",
+        action="store_true",
+        help="--output-dir already holds a finished run of --steps steps: score it, give the peer its logged time",
+    )
     args = p.parse_args()
     yardstick = DigitsYardstick()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.output_dir or os.path.join(tmp, "ours")
-        seconds = run_ours(out, args.steps, args.seed)
+        if args.reuse_ours:
+            with open(os.path.join(out, "train_log.json")) as f:
+                log = json.load(f)
+            if log["step"] != args.steps:
+                raise SystemExit(f"{out} holds a run of {log['step']} steps, not --steps {args.steps}")
+            seconds = float(log["seconds"])  # the training loop's time (incl. its sample grids and checkpoints)
+        else:
+            seconds = run_ours(out, args.steps, args.seed)
         ours = yardstick.score(sample_ours(out, args.num_images))
         model, scheduler, peer_steps = run_peer(seconds, args.seed)
         peer = yardstick.score(sample_peer(model, scheduler, args.num_images))

@@ -207,3 +207,29 @@ def test_push_to_hub_uploads_the_pipeline_folder(tmp_path, digits, monkeypatch):
 def test_hub_model_id_is_checked(bad):
     with pytest.raises(ValueError, match="hub_model_id"):
         TrainingConfig(hub_model_id=bad)
+
+
+def test_in_training_samples_match_the_saved_pipeline(tmp_path, digits):
+    """The sample grids drawn during training and `torchdiffusion generate` on the saved folder use the same
+    sampler (an in-memory config marks timestep_spacing as defaulted; the saved one does not)."""
+    from torchdiffusion.cli import generate
+
+    out = str(tmp_path / "run")
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=out, **FAST)
+    trainer.train()
+    in_training = trainer.sample_images(3, 4, seed=7)
+    from_disk, _ = generate(out, num_images=3, scheduler="dpm++", steps=4, seed=7)
+    torch.testing.assert_close(in_training, from_disk, atol=1e-5, rtol=0)
+
+
+def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
+    from torchdiffusion import DDIMScheduler, DPMSolverMultistepScheduler
+    from torchdiffusion.training.recipes import swap_scheduler
+
+    ddpm = tiny_scheduler()  # timestep_spacing defaulted ("leading"), variance_type "fixed_small"
+    dpm = swap_scheduler(DPMSolverMultistepScheduler, ddpm.config)
+    assert dpm.config.timestep_spacing == "leading" and dpm.config.thresholding and dpm.config.variance_type is None
+    assert dpm.config.num_train_timesteps == 100 and dpm.config.beta_schedule == "squaredcos_cap_v2"
+    ddim = swap_scheduler(DDIMScheduler, ddpm.config)
+    assert ddim.config.timestep_spacing == "leading" and ddim.config.thresholding

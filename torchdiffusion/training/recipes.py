@@ -3,6 +3,7 @@ and ``train()`` that wires data + model + Trainer together."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -62,10 +63,21 @@ def default_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str 
 
 
 def swap_scheduler(scheduler_cls: type, config: Any) -> Any:
-    """``scheduler_cls.from_config(config)``, dropping a DDPM-only ``variance_type`` the target would refuse."""
-    overrides = {}
+    """``scheduler_cls.from_config(config)`` for sampling a pixel-space model trained with ``config``: drops a
+    DDPM-only ``variance_type`` the target would refuse, keeps the training scheduler's ``timestep_spacing``
+    (an in-memory config marks it defaulted, so the target's own default would apply; a saved folder keeps it,
+    and both must sample alike) and turns on dynamic thresholding where the target has it (DPM-Solver, UniPC,
+    DEIS...), as Diffusers recommends for pixel-space models. On the cosine schedule the last training steps have
+    ``alpha_t`` ~ 1e-4, where an epsilon model's data estimate ``(x - sigma * eps) / alpha`` blows up; without
+    these the first steps saturate many samples."""
+    overrides: dict[str, Any] = {}
+    accepted = inspect.signature(scheduler_cls.__init__).parameters
     if config.get("variance_type") not in (None, "learned", "learned_range"):
         overrides["variance_type"] = None
+    if "timestep_spacing" in config and "timestep_spacing" in accepted:
+        overrides["timestep_spacing"] = config["timestep_spacing"]
+    if "thresholding" in accepted and not config.get("thresholding", False):
+        overrides["thresholding"] = True
     return scheduler_cls.from_config(config, **overrides)
 
 
