@@ -134,13 +134,14 @@ def try_resolve_file(
 PUSH_KWARGS = frozenset({"repo_id", "commit_message", "private", "token", "create_pr", "subfolder"})
 
 
-def check_repo_id(repo_id: Any) -> str:
-    """Return ``repo_id`` if it looks like a Hub repository id (``"name"`` or ``"owner/name"``); else ValueError."""
+def check_repo_id(repo_id: Any, name: str = "repo_id") -> str:
+    """Return ``repo_id`` if it looks like a Hub repository id (``"name"`` or ``"owner/name"``); else a ValueError
+    naming the argument ``name``."""
     if not isinstance(repo_id, str) or not repo_id.strip():
-        raise ValueError(f"repo_id must be a non-empty Hub repository id such as 'you/my-model', got {repo_id!r}")
+        raise ValueError(f"{name} must be a non-empty Hub repository id such as 'you/my-model', got {repo_id!r}")
     parts = repo_id.split("/")
     if len(parts) > 2 or any(not _PLAIN_NAME.match(p) or ".." in p for p in parts):
-        raise ValueError(f"repo_id must be 'name' or 'owner/name' (letters, digits, '-', '_', '.'), got {repo_id!r}")
+        raise ValueError(f"{name} must be 'name' or 'owner/name' (letters, digits, '-', '_', '.'), got {repo_id!r}")
     return repo_id
 
 

@@ -267,24 +267,11 @@ def load_pipeline_from_single_file(
 
     parts: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     parts.update(kwargs)
-    if "unet" not in parts:
-        parts["unet"] = load_model_from_single_file(
-            torchdiffusion.UNet2DConditionModel,
-            state,
-            root,
-            "unet" if root else None,
-            dtype_of("unet"),
-            original_config=original,
-        )
-    if "vae" not in parts:
-        parts["vae"] = load_model_from_single_file(
-            torchdiffusion.AutoencoderKL,
-            state,
-            root,
-            "vae" if root else None,
-            dtype_of("vae"),
-            original_config=original,
-        )
+    for part, model_cls in (("unet", torchdiffusion.UNet2DConditionModel), ("vae", torchdiffusion.AutoencoderKL)):
+        if part not in parts:
+            parts[part] = load_model_from_single_file(
+                model_cls, state, root, part if root else None, dtype_of(part), original_config=original
+            )
     text_kind = text_encoder_state_dict(state)[1] if "text_encoder" not in parts or "tokenizer" not in parts else "clip"
     if "text_encoder" not in parts:
         te_dir = (

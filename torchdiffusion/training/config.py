@@ -122,10 +122,7 @@ class TrainingConfig:
         if self.hub_model_id is not None:
             from ..hub import check_repo_id
 
-            try:
-                check_repo_id(self.hub_model_id)
-            except ValueError as err:
-                raise ValueError(f"hub_model_id: {err}".replace("repo_id must", "must")) from None
+            check_repo_id(self.hub_model_id, "hub_model_id")
         betas = self.adam_betas
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {betas!r}")

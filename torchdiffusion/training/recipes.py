@@ -3,12 +3,12 @@ and ``train()`` that wires data + model + Trainer together."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
 import torch
 
+from ..configuration import init_keys
 from .config import TrainingConfig
 
 
@@ -71,7 +71,7 @@ def swap_scheduler(scheduler_cls: type, config: Any) -> Any:
     ``alpha_t`` ~ 1e-4, where an epsilon model's data estimate ``(x - sigma * eps) / alpha`` blows up; without
     these the first steps saturate many samples."""
     overrides: dict[str, Any] = {}
-    accepted = inspect.signature(scheduler_cls.__init__).parameters
+    accepted = init_keys(scheduler_cls)
     if config.get("variance_type") not in (None, "learned", "learned_range"):
         overrides["variance_type"] = None
     if "timestep_spacing" in config and "timestep_spacing" in accepted:

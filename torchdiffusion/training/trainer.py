@@ -12,7 +12,6 @@ import contextlib
 import copy
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -369,18 +368,16 @@ class Trainer:
         return path
 
     def push_to_hub(self) -> Any:
-        """Upload the output folder's pipeline (``model_index.json``, ``unet/``, ``scheduler/``; not the checkpoints
-        or sample grids) to ``hub_model_id`` (default: the output folder's name), as seed 003's script does."""
-        from ..hub import upload_saved_folder
+        """Upload the EMA pipeline (``model_index.json``, ``unet/``, ``scheduler/``; not the checkpoints or sample
+        grids) to ``hub_model_id`` (default: the output folder's name), as seed 003's script does."""
+        from ..hub import push_to_hub
 
         cfg = self.config
         repo_id = cfg.hub_model_id or os.path.basename(os.path.normpath(self.output_dir))
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pipeline(tmp)
-            return upload_saved_folder(
-                self.pipeline(), tmp, repo_id, commit_message=f"torchdiffusion train: step {self.step}",
-                private=cfg.hub_private_repo, token=cfg.hub_token,
-            )  # fmt: skip
+        return push_to_hub(
+            self.pipeline(), repo_id, commit_message=f"torchdiffusion train: step {self.step}",
+            private=cfg.hub_private_repo, token=cfg.hub_token,
+        )  # fmt: skip
 
     def _fit_time_limit(self, seconds: float, steps: int, started: float) -> None:
         """Lower ``max_steps`` so the run ends within ``time_limit_minutes`` (measured speed, with a margin for
