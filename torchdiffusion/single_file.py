@@ -23,13 +23,11 @@ from .single_file_convert import (
     build_text_encoder,
     convert_unet_state_dict,
     convert_vae_state_dict,
-    scheduler_config_from_original,
     text_encoder_state_dict,
     unet_config_from_checkpoint,
-    unet_config_from_original,
     vae_config_from_checkpoint,
-    vae_config_from_original,
 )
+from .single_file_yaml import scheduler_config_from_original, unet_config_from_original, vae_config_from_original
 
 _KINDS = {"UNet2DConditionModel": "unet", "AutoencoderKL": "vae"}
 _IGNORED = (

@@ -8,13 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from torchdiffusion.training.data import (
-    BatchPlan,
-    HubImageDataset,
-    ImageFolderDataset,
-    iterate_batches,
-    load_training_dataset,
-)
+from torchdiffusion.training.data import BatchPlan, ImageFolderDataset, iterate_batches, load_training_dataset
+from torchdiffusion.training.hub_data import HubImageDataset
 
 datasets = pytest.importorskip("datasets")
 

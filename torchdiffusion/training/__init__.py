@@ -8,13 +8,13 @@ from __future__ import annotations
 from .config import TrainingConfig
 from .data import (
     DigitsDataset,
-    HubImageDataset,
     ImageFolderDataset,
     ImageTransform,
     TrainingDataset,
     load_training_dataset,
 )
 from .ema import EMAModel
+from .hub_data import HubImageDataset
 from .metrics import DigitsYardstick, fid, frechet_distance
 from .trainer import Trainer, TrainingResult
 
