@@ -50,7 +50,8 @@ def main() -> None:
     peer = diffusers.UNet2DConditionModel(**config(args.channels)).eval()
     ours = td.UNet2DConditionModel(**config(args.channels)).eval()
     ours.load_state_dict(peer.state_dict(), strict=True)
-    peer, ours = peer.to(device, dtype), ours.to(device, dtype)
+    if device.type != "cpu" or dtype != torch.float32:
+        peer, ours = peer.to(device, dtype), ours.to(device, dtype)
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(args.batch, 4, args.size, args.size, generator=g).to(device, dtype)
     context = torch.randn(args.batch, 77, 768, generator=g).to(device, dtype)

@@ -251,15 +251,17 @@ def test_upsample_conv_subpixel_path_has_plain_gradients(size):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("in_channels,size", [(8, (8, 8)), (5, (10, 12))])
-def test_conv2d_winograd_path_equals_direct(in_channels, size):
+@pytest.mark.parametrize(
+    "in_channels,out_channels,size,batch", [(192, 128, (4, 4), 32), (256, 256, (8, 8), 4), (200, 128, (10, 12), 9)]
+)
+def test_conv2d_winograd_path_equals_direct(in_channels, out_channels, size, batch):
     """Wide 3x3 layers take the Winograd F(2x2, 3x3) path in inference; same values, channels-last out, and the
     cached transformed kernels follow in-place weight updates."""
     from torchdiffusion.models.layers import fast
 
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(in_channels, fast.WINOGRAD_MIN_OUT_CHANNELS, 3, padding=1)
-    x = torch.randn(2, in_channels, *size).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    x = torch.randn(batch, in_channels, *size).contiguous(memory_format=torch.channels_last)
     assert fast._use_winograd(conv, x)
     with torch.no_grad():
         want = torch.nn.functional.conv2d(x.contiguous(), conv.weight, conv.bias, padding=1)
@@ -281,18 +283,27 @@ def test_conv2d_winograd_path_equals_direct(in_channels, size):
 def test_conv2d_winograd_applies_only_where_it_pays():
     from torchdiffusion.models.layers import fast
 
-    wide = torch.nn.Conv2d(4, fast.WINOGRAD_MIN_OUT_CHANNELS, 3, padding=1)
-    narrow = torch.nn.Conv2d(4, fast.WINOGRAD_MIN_OUT_CHANNELS // 2, 3, padding=1)
-    strided = torch.nn.Conv2d(4, fast.WINOGRAD_MIN_OUT_CHANNELS, 3, padding=1, stride=2)
-    cl = torch.channels_last
-    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=cl)
-    assert fast._use_winograd(wide, x)
-    assert not fast._use_winograd(narrow, x)
-    assert not fast._use_winograd(strided, x)
-    assert not fast._use_winograd(wide, x.contiguous())  # NCHW
-    assert not fast._use_winograd(wide, torch.randn(1, 4, 9, 8).contiguous(memory_format=cl))  # odd height
-    assert not fast._use_winograd(wide, torch.randn(1, 4, 4, 4).contiguous(memory_format=cl))  # too few tiles
-    assert not fast._use_winograd(wide, x.double())
+    def conv(c_in: int, c_out: int, **kw) -> torch.nn.Conv2d:
+        return torch.nn.Conv2d(c_in, c_out, 3, padding=1, **kw)
+
+    def x(batch: int, c: int, h: int, w: int) -> torch.Tensor:
+        return torch.empty(batch, c, h, w).contiguous(memory_format=torch.channels_last)
+
+    wide = conv(256, 256)
+    assert fast._use_winograd(wide, x(2, 256, 16, 16))
+    assert fast._use_winograd(wide, x(16, 256, 4, 4))  # small map, enough work
+    assert fast._use_winograd(conv(192, 128), x(16, 192, 16, 16))  # narrow output on a small map
+    assert fast._use_winograd(conv(320, 320), x(2, 320, 64, 64))  # wide output on a large map
+    assert not fast._use_winograd(conv(256, 128), x(16, 256, 32, 32))  # narrow output on a large map
+    assert not fast._use_winograd(conv(128, 128), x(16, 128, 16, 16))  # narrow input: GEMM too short
+    assert not fast._use_winograd(conv(4, 320), x(2, 4, 64, 64))  # e.g. a UNet's conv_in
+    assert not fast._use_winograd(conv(256, 64), x(16, 256, 8, 8))  # narrow output
+    assert not fast._use_winograd(wide, x(1, 256, 4, 4))  # too little work for ~20 small ops
+    assert not fast._use_winograd(conv(256, 256, stride=2), x(2, 256, 16, 16))
+    assert not fast._use_winograd(wide, x(2, 256, 16, 16).contiguous())  # NCHW
+    assert not fast._use_winograd(wide, x(4, 256, 17, 16))  # odd height
+    assert not fast._use_winograd(wide, x(64, 256, 2, 2))  # map below the minimum size
+    assert not fast._use_winograd(wide, x(2, 256, 16, 16).double())
     # under autograd the direct kernel runs (training keeps oneDNN's backward)
-    out = fast.conv2d(wide, x.requires_grad_(True))
+    out = fast.conv2d(wide, torch.randn(2, 256, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_())
     assert out.grad_fn is not None and "Convolution" in type(out.grad_fn).__name__

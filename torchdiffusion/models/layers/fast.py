@@ -3,10 +3,10 @@
 * :func:`conv2d` runs an ``nn.Conv2d`` with its weight in the input's memory format, so a channels-last feature
   map reaches oneDNN's NHWC kernels (brgconv) instead of a reorder + blocked kernel + reorder; weights stay NCHW
   in the state dict, the channels-last copy is cached while no autograd graph is recorded.
-* :func:`conv2d` also runs wide 3x3 convolutions (the Stable Diffusion widths, >= 256 output channels) in
-  Winograd form F(2x2, 3x3) (Lavin & Gray 2016) during inference: 16 elementwise-transformed copies of the input,
-  one batched GEMM (16 matrices, 4/9 of the multiply-adds), then the inverse transform.
-  On narrow layers the transforms cost more than they save, so those stay direct.
+* :func:`conv2d` also runs wide 3x3 convolutions (>= 192 input channels: the Stable Diffusion widths, the low
+  levels of the seeds' UNets) in Winograd form F(2x2, 3x3) (Lavin & Gray 2016) during inference: 16
+  elementwise-transformed copies of the input, one batched GEMM (16 matrices, 4/9 of the multiply-adds), then the
+  inverse transform. On narrow layers the transforms cost more than they save, so those stay direct.
 * :func:`upsample_conv` is ``conv3x3(nearest_x2(x))`` computed on the low-resolution map as four 2x2 "phase"
   convolutions (sub-pixel form): the same sums with 4/9 of the multiply-adds.
 * :func:`group_norm_act` is GroupNorm then an activation, the activation applied in place when no graph is
@@ -53,10 +53,17 @@ def _cl_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=_CL)
 
 
-# Winograd F(2x2, 3x3) pays off from this many output channels (measured on AVX2: 0.6-0.8x of oneDNN's direct
-# kernel at 320-1280 channels, no gain below ~256 where the transforms' memory traffic dominates).
-WINOGRAD_MIN_OUT_CHANNELS = 256
-WINOGRAD_MIN_SIZE = 8
+# When Winograd F(2x2, 3x3) pays (measured with benchmarks/conv_kernels.py on a 2-core AVX2 EPYC, batch 1-16): its
+# GEMMs reduce over the input channels only, so they need a wide input to run near oneDNN's direct kernel (which
+# reduces over 9x as many); narrow outputs pay only on small maps (on large ones the transforms' memory passes
+# dominate); and ~20 small ops need enough work to amortise them. On 4x4-8x8 maps of wide layers the direct kernel
+# is itself slow (1280 -> 1280 at 4x4, batch 2: 11 GMAC/s), there Winograd is 3x faster.
+WINOGRAD_MIN_IN_CHANNELS = 192
+WINOGRAD_MIN_OUT_CHANNELS = 128
+WINOGRAD_WIDE_OUT_CHANNELS = 256  # outputs narrower than this take Winograd only on maps of <= 256 pixels
+WINOGRAD_SMALL_MAP = 256
+WINOGRAD_MIN_SIZE = 4
+WINOGRAD_MIN_MACS = 100_000_000  # multiply-adds of the direct convolution
 # Kernel transform G (4x3) of F(2, 3): U = G g G^T per (out, in) channel pair.
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -70,19 +77,28 @@ def _winograd_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _use_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    return (
+    """Whether ``conv(x)`` takes the Winograd path (the rules above; the caller checks that no graph is recorded)."""
+    if not (
         conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
         and conv.padding == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
+        and conv.in_channels >= WINOGRAD_MIN_IN_CHANNELS
         and conv.out_channels >= WINOGRAD_MIN_OUT_CHANNELS
         and x.dtype == torch.float32
         and x.device.type == "cpu"
-        and x.shape[-1] % 2 == 0
-        and x.shape[-2] % 2 == 0
-        and min(x.shape[-1], x.shape[-2]) >= WINOGRAD_MIN_SIZE
         and is_channels_last(x)
+    ):
+        return False
+    batch, _, height, width = x.shape
+    pixels = height * width
+    return (
+        height % 2 == 0
+        and width % 2 == 0
+        and min(height, width) >= WINOGRAD_MIN_SIZE
+        and (conv.out_channels >= WINOGRAD_WIDE_OUT_CHANNELS or pixels <= WINOGRAD_SMALL_MAP)
+        and batch * pixels * conv.in_channels * conv.out_channels * 9 >= WINOGRAD_MIN_MACS
     )
 
 
