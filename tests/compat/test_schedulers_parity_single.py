@@ -94,7 +94,7 @@ def test_ddpm_parity_under_the_same_generator(cfg, steps):
     assert_parity("DDPMScheduler", cfg, steps, seed=1)
 
 
-@pytest.mark.parametrize("variance_type", ["fixed_small_log", "fixed_large"])
+@pytest.mark.parametrize("variance_type", ["fixed_small_log", "fixed_large", None])
 def test_ddpm_variance_types(variance_type):
     assert_parity("DDPMScheduler", dict(variance_type=variance_type), 10, seed=3)
 

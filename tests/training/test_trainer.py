@@ -233,3 +233,8 @@ def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
     assert dpm.config.num_train_timesteps == 100 and dpm.config.beta_schedule == "squaredcos_cap_v2"
     ddim = swap_scheduler(DDIMScheduler, ddpm.config)
     assert ddim.config.timestep_spacing == "leading" and ddim.config.thresholding
+    again = swap_scheduler(type(ddpm), ddpm.config)  # DDPM keeps its variance type and can step
+    assert again.config.variance_type == "fixed_small" and again.config.thresholding
+    again.set_timesteps(5)
+    x = torch.randn(1, 1, 4, 4)
+    assert torch.isfinite(again.step(torch.randn_like(x), again.timesteps[0], x).prev_sample).all()

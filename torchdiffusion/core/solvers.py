@@ -37,12 +37,12 @@ def ddpm_posterior_mean(x0: torch.Tensor, sample: torch.Tensor, ab_t: float, ab_
 
 
 def ddpm_std(
-    variance_type: str, ab_t: float, ab_s: float, predicted_variance: torch.Tensor | None = None
+    variance_type: str | None, ab_t: float, ab_s: float, predicted_variance: torch.Tensor | None = None
 ) -> float | torch.Tensor:
     """Standard deviation of the DDPM step noise.
 
-    * ``fixed_small`` / ``fixed_small_log``: posterior variance ``beta~ = (1 - ab_s) / (1 - ab_t) beta`` (floored
-      at 1e-20, as Diffusers does)
+    * ``fixed_small`` / ``fixed_small_log`` (and ``None``, as in Diffusers): posterior variance
+      ``beta~ = (1 - ab_s) / (1 - ab_t) beta`` (floored at 1e-20, as Diffusers does)
     * ``fixed_large`` / ``fixed_large_log``: ``beta`` (the ``_log`` forms are the same noise computed in log space;
       Diffusers' ``fixed_large_log`` takes the square root of a log and returns NaN)
     * ``learned``: the model output is the variance itself; ``learned_range``: the model output ``v`` in [-1, 1]
@@ -50,7 +50,7 @@ def ddpm_std(
     """
     beta = 1.0 - ab_t / ab_s
     small = max((1.0 - ab_s) / (1.0 - ab_t) * beta, 1e-20)
-    if variance_type in ("fixed_small", "fixed_small_log"):
+    if variance_type in (None, "fixed_small", "fixed_small_log"):
         return math.sqrt(small)
     if variance_type in ("fixed_large", "fixed_large_log"):
         return math.sqrt(beta)

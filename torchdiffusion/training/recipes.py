@@ -3,6 +3,7 @@ and ``train()`` that wires data + model + Trainer together."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -72,7 +73,9 @@ def swap_scheduler(scheduler_cls: type, config: Any) -> Any:
     these the first steps saturate many samples."""
     overrides: dict[str, Any] = {}
     accepted = init_keys(scheduler_cls)
-    if config.get("variance_type") not in (None, "learned", "learned_range"):
+    variance = inspect.signature(scheduler_cls.__init__).parameters.get("variance_type")
+    fixed_variance = config.get("variance_type") not in (None, "learned", "learned_range")
+    if fixed_variance and (variance is None or variance.default is None):  # DDPM keeps its fixed_* variance
         overrides["variance_type"] = None
     if "timestep_spacing" in config and "timestep_spacing" in accepted:
         overrides["timestep_spacing"] = config["timestep_spacing"]
