@@ -2,7 +2,7 @@
 
 torchdiffusion demo                                   # ~2 minutes on a laptop CPU: digits, grid, loss plot
 torchdiffusion train --dataset digits --resolution 16 --steps 1500 --output-dir runs/digits
-torchdiffusion generate runs/digits --num-images 16 --scheduler dpm++ --steps 25 --out grid.png
+torchdiffusion generate runs/digits --num-images 16 --scheduler sde-dpm++ --steps 25 --out grid.png
 """
 
 from __future__ import annotations
@@ -13,18 +13,6 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-
-SCHEDULERS = {
-    "dpm++": "DPMSolverMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "pndm": "PNDMScheduler",
-    "lms": "LMSDiscreteScheduler",
-}
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -85,6 +73,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS
+
     parser = argparse.ArgumentParser(prog="torchdiffusion", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample images from a pipeline folder into a grid PNG")
     gen.add_argument("pipeline", help="a pipeline folder (e.g. what `train` wrote) or Hub id")
     gen.add_argument("--num-images", type=int, default=16)
-    gen.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="dpm++")
+    gen.add_argument("--scheduler", choices=sorted(SAMPLERS), default=DEFAULT_SAMPLER)
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--class-label", default=None, help="class index or name (class-conditional pipelines)")
     gen.add_argument("--guidance-scale", type=float, default=2.0)
@@ -151,7 +141,7 @@ def _run_train(args: argparse.Namespace) -> Any:
 def generate(
     pipeline: str,
     num_images: int = 16,
-    scheduler: str = "dpm++",
+    scheduler: str = "sde-dpm++",
     steps: int = 25,
     class_label: str | int | None = None,
     guidance_scale: float = 2.0,
@@ -160,18 +150,17 @@ def generate(
     """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in."""
     import torch
 
-    import torchdiffusion
-
     from .pipelines.class_conditional import ClassConditionalPipeline
     from .pipelines.pipeline import DiffusionPipeline
-    from .training.recipes import swap_scheduler
+    from .schedulers.samplers import SAMPLERS
+    from .training.recipes import sampling_scheduler
 
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {scheduler!r}")
+    if scheduler not in SAMPLERS:
+        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {scheduler!r}")
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
     pipe = DiffusionPipeline.from_pretrained(pipeline)
-    pipe.scheduler = swap_scheduler(getattr(torchdiffusion, SCHEDULERS[scheduler]), pipe.scheduler.config)
+    pipe.scheduler = sampling_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(desc="sampling", leave=False)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
     options = {"num_inference_steps": steps, "generator": generators, "output_type": "pt"}

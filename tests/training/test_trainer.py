@@ -219,7 +219,7 @@ def test_in_training_samples_match_the_saved_pipeline(tmp_path, digits):
     trainer = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=out, **FAST)
     trainer.train()
     in_training = trainer.sample_images(3, 4, seed=7)
-    from_disk, _ = generate(out, num_images=3, scheduler="dpm++", steps=4, seed=7)
+    from_disk, _ = generate(out, num_images=3, steps=4, seed=7)  # the default sampler, as in training
     torch.testing.assert_close(in_training, from_disk, atol=1e-5, rtol=0)
 
 
@@ -238,3 +238,27 @@ def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
     again.set_timesteps(5)
     x = torch.randn(1, 1, 4, 4)
     assert torch.isfinite(again.step(torch.randn_like(x), again.timesteps[0], x).prev_sample).all()
+
+
+def test_sampling_scheduler_builds_every_named_sampler():
+    from torchdiffusion.pipelines.denoise import step_kwargs
+    from torchdiffusion.schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS
+    from torchdiffusion.training.recipes import sampling_scheduler
+
+    ddpm = tiny_scheduler()
+    default = sampling_scheduler(DEFAULT_SAMPLER, ddpm.config)
+    assert type(default).__name__ == "DPMSolverMultistepScheduler"
+    assert default.config.algorithm_type == "sde-dpmsolver++" and default.config.thresholding
+    assert default.config.timestep_spacing == "leading"
+    x = torch.randn(2, 1, 4, 4)
+    for name, (class_name, options) in SAMPLERS.items():
+        scheduler = sampling_scheduler(name, ddpm.config)
+        assert type(scheduler).__name__ == class_name
+        assert all(scheduler.config[k] == v for k, v in options.items())
+        scheduler.set_timesteps(4)
+        t = scheduler.timesteps[0]
+        extra = step_kwargs(scheduler, generator=torch.Generator())
+        out = scheduler.step(torch.randn_like(x), t, scheduler.scale_model_input(x, t), **extra)
+        assert torch.isfinite(out.prev_sample).all(), name
+    with pytest.raises(ValueError, match="scheduler"):
+        sampling_scheduler("dpm+++", ddpm.config)

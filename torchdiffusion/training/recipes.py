@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..configuration import init_keys
+from ..schedulers.samplers import SAMPLERS
 from .config import TrainingConfig
 
 
@@ -61,6 +62,18 @@ def default_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str 
     from ..schedulers.ddpm import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, **kwargs)
+
+
+def sampling_scheduler(name: str, config: Any) -> Any:
+    """The scheduler of sampler ``name`` (a key of :data:`SAMPLERS`) for a model trained with ``config``, set up by
+    :func:`swap_scheduler`."""
+    if name not in SAMPLERS:
+        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    import torchdiffusion
+
+    class_name, options = SAMPLERS[name]
+    scheduler = swap_scheduler(getattr(torchdiffusion, class_name), config)
+    return type(scheduler).from_config(scheduler.config, **options) if options else scheduler
 
 
 def swap_scheduler(scheduler_cls: type, config: Any) -> Any:

@@ -317,12 +317,13 @@ class Trainer:
         return pipe
 
     def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
-        """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with DPM-Solver++ (fixed seeds: comparable grids)."""
-        from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
-        from .recipes import swap_scheduler
+        """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with the default sampler of ``torchdiffusion
+        generate`` (stochastic DPM-Solver++; fixed seeds: comparable grids)."""
+        from ..schedulers.samplers import DEFAULT_SAMPLER
+        from .recipes import sampling_scheduler
 
         pipe = self.pipeline()
-        pipe.scheduler = swap_scheduler(DPMSolverMultistepScheduler, self.noise_scheduler.config)
+        pipe.scheduler = sampling_scheduler(DEFAULT_SAMPLER, self.noise_scheduler.config)
         generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
         num_inference_steps = max(1, min(num_inference_steps, len(self.alphas_cumprod) // 2))
         options: dict[str, Any] = {
