@@ -62,7 +62,7 @@ _LAZY: dict[str, str] = {
     "StableDiffusionImg2ImgPipeline": "pipelines.stable_diffusion_img2img",
     "StableDiffusionInpaintPipeline": "pipelines.stable_diffusion_inpaint",
     "StableDiffusionPipeline": "pipelines.stable_diffusion",
-    "StableDiffusionPipelineOutput": "pipelines.sd_common",
+    "StableDiffusionPipelineOutput": "pipelines.sd_latents",
     "StableDiffusionSafetyChecker": "pipelines.safety_checker",
 }
 

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..utils.torch_utils import GeneratorArg
-from .sd_common import StableDiffusionMixin, StableDiffusionPipelineOutput
+from .sd_common import StableDiffusionMixin
+from .sd_latents import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionPipeline", "StableDiffusionPipelineOutput"]
 

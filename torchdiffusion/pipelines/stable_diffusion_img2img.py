@@ -13,8 +13,9 @@ import torch
 
 from ..utils.torch_utils import GeneratorArg, randn_tensor
 from .denoise import check_finite_number
-from .sd_common import StableDiffusionMixin, StableDiffusionPipelineOutput
+from .sd_common import StableDiffusionMixin
 from .sd_images import expand_to_batch, preprocess_image
+from .sd_latents import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionImg2ImgPipeline"]
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..utils.torch_utils import GeneratorArg, randn_tensor
 from .denoise import check_finite_number, check_latents, check_positive_int
-from .sd_common import StableDiffusionMixin, StableDiffusionPipelineOutput
+from .sd_common import StableDiffusionMixin
 from .sd_images import (
     crop_for_inpainting,
     expand_to_batch,
@@ -24,6 +24,7 @@ from .sd_images import (
     preprocess_image,
     preprocess_mask,
 )
+from .sd_latents import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionInpaintPipeline"]
 
