@@ -295,6 +295,7 @@ def test_conv2d_winograd_applies_only_where_it_pays():
     assert fast._use_winograd(conv(192, 128), x(16, 192, 16, 16))  # narrow output on a small map
     assert fast._use_winograd(conv(320, 320), x(2, 320, 64, 64))  # wide output on a large map
     assert not fast._use_winograd(conv(256, 128), x(16, 256, 32, 32))  # narrow output on a large map
+    assert not fast._use_winograd(conv(512, 512), x(1, 512, 96, 96))  # above 64x64 the transforms dominate
     assert not fast._use_winograd(conv(128, 128), x(16, 128, 16, 16))  # narrow input: GEMM too short
     assert not fast._use_winograd(conv(4, 320), x(2, 4, 64, 64))  # e.g. a UNet's conv_in
     assert not fast._use_winograd(conv(256, 64), x(16, 256, 8, 8))  # narrow output

@@ -56,13 +56,16 @@ def _cl_weight(weight: torch.Tensor) -> torch.Tensor:
 # When Winograd F(2x2, 3x3) pays (measured with benchmarks/conv_kernels.py on a 2-core AVX2 EPYC, batch 1-16): its
 # GEMMs reduce over the input channels only, so they need a wide input to run near oneDNN's direct kernel (which
 # reduces over 9x as many); narrow outputs pay only on small maps (on large ones the transforms' memory passes
-# dominate); and ~20 small ops need enough work to amortise them. On 4x4-8x8 maps of wide layers the direct kernel
-# is itself slow (1280 -> 1280 at 4x4, batch 2: 11 GMAC/s), there Winograd is 3x faster.
+# dominate, and above 64x64 they do for every width: 320 -> 320 at 96x96 1.07x, 256 -> 256 at 256x256 1.86x the
+# direct time, as in a VAE's high-resolution levels); and ~20 small ops need enough work to amortise them. On 4x4-8x8
+# maps of wide layers the direct kernel is itself slow (1280 -> 1280 at 4x4, batch 2: 11 GMAC/s), there Winograd is
+# 3x faster.
 WINOGRAD_MIN_IN_CHANNELS = 192
 WINOGRAD_MIN_OUT_CHANNELS = 128
 WINOGRAD_WIDE_OUT_CHANNELS = 256  # outputs narrower than this take Winograd only on maps of <= 256 pixels
 WINOGRAD_SMALL_MAP = 256
 WINOGRAD_MIN_SIZE = 4
+WINOGRAD_MAX_MAP = 64 * 64  # pixels per image
 WINOGRAD_MIN_MACS = 100_000_000  # multiply-adds of the direct convolution
 # Kernel transform G (4x3) of F(2, 3): U = G g G^T per (out, in) channel pair.
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -97,6 +100,7 @@ def _use_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
         height % 2 == 0
         and width % 2 == 0
         and min(height, width) >= WINOGRAD_MIN_SIZE
+        and pixels <= WINOGRAD_MAX_MAP
         and (conv.out_channels >= WINOGRAD_WIDE_OUT_CHANNELS or pixels <= WINOGRAD_SMALL_MAP)
         and batch * pixels * conv.in_channels * conv.out_channels * 9 >= WINOGRAD_MIN_MACS
     )
