@@ -152,11 +152,10 @@ def generate(
 
     from .pipelines.class_conditional import ClassConditionalPipeline
     from .pipelines.pipeline import DiffusionPipeline
-    from .schedulers.samplers import SAMPLERS
+    from .schedulers.samplers import check_sampler
     from .training.recipes import sampling_scheduler
 
-    if scheduler not in SAMPLERS:
-        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {scheduler!r}")
+    check_sampler(scheduler)  # before the (slow) pipeline load
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
     pipe = DiffusionPipeline.from_pretrained(pipeline)

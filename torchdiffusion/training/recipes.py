@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..configuration import init_keys
-from ..schedulers.samplers import SAMPLERS
+from ..schedulers.samplers import SAMPLERS, check_sampler
 from .config import TrainingConfig
 
 
@@ -67,23 +67,20 @@ def default_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str 
 def sampling_scheduler(name: str, config: Any) -> Any:
     """The scheduler of sampler ``name`` (a key of :data:`SAMPLERS`) for a model trained with ``config``, set up by
     :func:`swap_scheduler`."""
-    if name not in SAMPLERS:
-        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
     import torchdiffusion
 
-    class_name, options = SAMPLERS[name]
-    scheduler = swap_scheduler(getattr(torchdiffusion, class_name), config)
-    return type(scheduler).from_config(scheduler.config, **options) if options else scheduler
+    class_name, options = SAMPLERS[check_sampler(name)]
+    return swap_scheduler(getattr(torchdiffusion, class_name), config, **options)
 
 
-def swap_scheduler(scheduler_cls: type, config: Any) -> Any:
+def swap_scheduler(scheduler_cls: type, config: Any, **options: Any) -> Any:
     """``scheduler_cls.from_config(config)`` for sampling a pixel-space model trained with ``config``: drops a
     DDPM-only ``variance_type`` the target would refuse, keeps the training scheduler's ``timestep_spacing``
     (an in-memory config marks it defaulted, so the target's own default would apply; a saved folder keeps it,
     and both must sample alike) and turns on dynamic thresholding where the target has it (DPM-Solver, UniPC,
     DEIS...), as Diffusers recommends for pixel-space models. On the cosine schedule the last training steps have
     ``alpha_t`` ~ 1e-4, where an epsilon model's data estimate ``(x - sigma * eps) / alpha`` blows up; without
-    these the first steps saturate many samples."""
+    these the first steps saturate many samples. ``options`` (config keys of the target) are applied last."""
     overrides: dict[str, Any] = {}
     accepted = init_keys(scheduler_cls)
     variance = inspect.signature(scheduler_cls.__init__).parameters.get("variance_type")
@@ -94,7 +91,7 @@ def swap_scheduler(scheduler_cls: type, config: Any) -> Any:
         overrides["timestep_spacing"] = config["timestep_spacing"]
     if "thresholding" in accepted and not config.get("thresholding", False):
         overrides["thresholding"] = True
-    return scheduler_cls.from_config(config, **overrides)
+    return scheduler_cls.from_config(config, **{**overrides, **options})
 
 
 def train(
