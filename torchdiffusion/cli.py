@@ -1,8 +1,9 @@
-"""The ``torchdiffusion`` command: ``demo``, ``train`` and ``generate``.
+"""The ``torchdiffusion`` command: ``demo``, ``train``, ``generate`` and ``serve``.
 
 torchdiffusion demo                                   # ~2 minutes on a laptop CPU: digits, grid, loss plot
 torchdiffusion train --dataset digits --resolution 16 --steps 1500 --output-dir runs/digits
 torchdiffusion generate runs/digits --num-images 16 --scheduler sde-dpm++ --steps 25 --out grid.png
+torchdiffusion serve path/to/sd-folder --port 7860   # AUTOMATIC1111's API + a web page
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, default=2.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="grid.png")
+    from .serve.cli import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -247,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _run_demo(args)
+        if args.command == "serve":
+            from .serve.cli import run_serve
+
+            return run_serve(args)
         if args.command == "train":
             result = _run_train(args)
             if result.pipeline_path:
