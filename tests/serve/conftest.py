@@ -61,8 +61,8 @@ def server(engine) -> Iterator[str]:
 
 
 class Gate:
-    """A step hook that holds jobs whose task id (the request's ``force_task_id``) starts with "hold" at each step until :meth:`open` (or until
-    the job is asked to stop), so queue tests do not depend on timing."""
+    """A step hook that holds jobs whose task id (the request's ``force_task_id``) starts with "hold" at each step
+    until :meth:`open` (or until the job is asked to stop), so queue tests do not depend on timing."""
 
     def __init__(self) -> None:
         self.opened = threading.Event()

@@ -143,8 +143,10 @@ def create_app(
     def prepare(req: Txt2ImgRequest) -> Generation:
         sampler, grid, class_name, options = check_request(req, limits, engine.size_multiple)
         problem = engine.check_sampler(class_name, options)
+        if problem and grid != "automatic":
+            raise FieldError("scheduler", f"{grid!r} is not available with sampler {sampler!r} ({problem})")
         if problem:
-            raise FieldError("scheduler" if grid != "automatic" else "sampler_name", problem)
+            raise FieldError("sampler_name", problem)
         width, height = engine.default_size()
         width, height = req.width or width, req.height or height
         if width * height > limits.max_pixels:
@@ -299,8 +301,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError):
         problems = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-            field = "body" if err.get("type") == "json_invalid" or not loc else ".".join(loc)
+            loc = [p for p in err.get("loc", ()) if p != "body"]
+            field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+            field = "body" if err.get("type") == "json_invalid" or not field else field
             problems.append((field, str(err.get("msg", "invalid"))))
         field, message = problems[0] if problems else ("body", "invalid request")
         return _error(422, "ValidationError", f"{field}: {message}", field)
