@@ -48,10 +48,11 @@ STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "
 StepHook = Callable[[Job, int], None]
 
 
-def default_model() -> str | None:
-    """The folder of the embedded text-to-image model (``torchdiffusion/pretrained/<name>`` holding a
-    ``model_index.json``), or None while this install has none."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
+def default_model(root: str | os.PathLike | None = None) -> str | None:
+    """The folder of the embedded text-to-image model (the first ``<root>/<name>`` holding a ``model_index.json``;
+    ``root`` defaults to ``torchdiffusion/pretrained``), or None while this install has none."""
+    if root is None:
+        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
     if not os.path.isdir(root):
         return None
     for name in sorted(os.listdir(root)):

@@ -1,0 +1,73 @@
+"""``torchdiffusion serve``: the subcommand, the default model, the printed URL, the lazy FastAPI import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from torchdiffusion import cli
+from torchdiffusion.serve.app import default_model
+
+
+def test_default_model_lookup(tmp_path):
+    assert default_model(tmp_path / "absent") is None
+    assert default_model(tmp_path) is None
+    (tmp_path / "b-model").mkdir()
+    (tmp_path / "b-model" / "model_index.json").write_text("{}")
+    (tmp_path / "a-not-a-model").mkdir()
+    assert default_model(tmp_path) == str(tmp_path / "b-model")
+
+
+def test_missing_default_model_says_pass_model(monkeypatch, capsys):
+    monkeypatch.setattr("torchdiffusion.serve.app.default_model", lambda root=None: None)
+    assert cli.main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "torchdiffusion serve: error:" in err and "MODEL" in err and "pipeline folder" in err
+
+
+def test_help_lists_the_options(capsys):
+    try:
+        cli.main(["serve", "--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--token", "--workers", "--max-queue", "--max-steps", "--max-pixels",
+                 "--max-batch"):  # fmt: skip
+        assert flag in out
+
+
+def test_bad_limits_name_the_option(capsys, sd_folder):
+    assert cli.main(["serve", sd_folder, "--max-steps", "0"]) == 2
+    assert "max_steps" in capsys.readouterr().err
+
+
+def test_import_torchdiffusion_does_not_import_fastapi():
+    code = ("import sys, torchdiffusion, torchdiffusion.cli; torchdiffusion.cli.build_parser(); "
+            "print([m for m in ('fastapi', 'uvicorn', 'starlette', 'pydantic') if m in sys.modules])")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_serve_prints_the_url_and_serves(sd_folder):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torchdiffusion", "serve", sd_folder, "--port", "0", "--workers",
+                             "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert "torchdiffusion serve: tiny-sd at http://127.0.0.1:" in line, (line, proc.stderr.read())
+        url = line.split(" at ")[1].split(" ")[0]
+        for _ in range(300):  # uvicorn starts right after the line is printed
+            try:
+                r = httpx.get(url + "sdapi/v1/sd-models", timeout=5)
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        assert r.json()[0]["model_name"] == "tiny-sd"
+    finally:
+        proc.terminate()
+        proc.wait(30)
