@@ -149,6 +149,8 @@ def create_app(
         if problem:
             raise FieldError("sampler_name", problem)
         width, height = engine.default_size()
+        if engine.fixed_size and (req.width or width, req.height or height) != (width, height):
+            raise FieldError("width", f"model {engine.name} makes {width}x{height} images only")
         width, height = req.width or width, req.height or height
         if width * height > limits.max_pixels:
             raise FieldError("width", f"width x height = {width * height} pixels, above {limits.max_pixels}")

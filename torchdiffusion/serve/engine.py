@@ -85,6 +85,11 @@ class Engine:
         f = self.size_multiple if self._sd else 1
         return int(w) * f, int(h) * f
 
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the model makes images of its own size only (its pipeline takes no ``height``/``width``)."""
+        return "height" not in inspect.signature(type(self.pipe).__call__).parameters
+
     def modes(self) -> tuple[str, ...]:
         if not self._sd:
             return ("txt2img",)
@@ -117,10 +122,13 @@ class Engine:
                         "img2img": torchdiffusion.StableDiffusionImg2ImgPipeline,
                         "inpaint": torchdiffusion.StableDiffusionInpaintPipeline,
                     }[mode]
-                parts = {**self.pipe.components, "scheduler": scheduler}
-                if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
-                    parts["requires_safety_checker"] = False  # the folder's checker, if any, is in the components
-                pipe = self._variants[key] = cls(**parts)
+                components = self.pipe.components
+                accepted = inspect.signature(cls.__init__).parameters
+                settings = {k: v for k, v in self.pipe.config.items()  # e.g. requires_safety_checker, id2label
+                            if k in accepted and k not in components and not k.startswith("_")}  # fmt: skip
+                if components.get("safety_checker", False) is None and "requires_safety_checker" in accepted:
+                    settings["requires_safety_checker"] = False  # warned once, at load time
+                pipe = self._variants[key] = cls(**{**components, "scheduler": scheduler}, **settings)
                 if hasattr(pipe, "set_progress_bar_config"):
                     pipe.set_progress_bar_config(disable=True)
             return pipe
@@ -166,9 +174,11 @@ class Engine:
                 kwargs["strength"] = gen.denoising_strength
             if gen.mode == "inpaint":
                 kwargs["mask_image"] = gen.mask
-            if not self._sd and "prompt" not in accepted:  # e.g. an unconditional pipeline
-                kwargs.pop("prompt")
-                kwargs["batch_size"] = len(seeds)
+            if not self._sd and "prompt" not in accepted:
+                if "class_labels" in accepted:  # a class-conditional model: the prompt names the class
+                    kwargs["class_labels"] = [int(gen.prompt) if gen.prompt.isdigit() else gen.prompt] * len(seeds)
+                else:  # an unconditional one
+                    kwargs["batch_size"] = len(seeds)
             kwargs = {k: v for k, v in kwargs.items() if k in accepted}
             try:
                 out = pipe(**kwargs)
