@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Install the CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench install install-test clean
+.PHONY: demo test lint bench install install-test install-browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e ".[test]"
+
+# Headless Chromium + chromedriver for tests/serve/test_browser.py (Debian's packages); apt-get only when missing.
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver: present"; \
+	else \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 demo: install
 	$(BIN)/torchdiffusion demo
