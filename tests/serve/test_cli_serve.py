@@ -8,6 +8,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from torchdiffusion import cli
 from torchdiffusion.serve.app import default_model
@@ -40,9 +41,18 @@ def test_help_lists_the_options(capsys):
         assert flag in out
 
 
-def test_bad_limits_name_the_option(capsys, sd_folder):
-    assert cli.main(["serve", sd_folder, "--max-steps", "0"]) == 2
-    assert "max_steps" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "flags, name",
+    [(["--max-steps", "0"], "max_steps"), (["--max-pixels", "-1"], "max_pixels"), (["--workers", "0"], "workers"),
+     (["--max-queue", "-1"], "max_queue"), (["--port", "-5"], "port")],  # fmt: skip
+)
+def test_bad_options_name_the_option(capsys, monkeypatch, flags, name):
+    def no_load(*args, **kwargs):
+        raise AssertionError("checked after loading the model")
+
+    monkeypatch.setattr("torchdiffusion.serve.engine.Engine.load", no_load)
+    assert cli.main(["serve", "some/folder", *flags]) == 2
+    assert name in capsys.readouterr().err
 
 
 def test_import_torchdiffusion_does_not_import_fastapi():

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from ..schedulers.samplers import A1111_SAMPLER_ALIASES, A1111_SAMPLERS, A1111_SCHEDULERS
 from .engine import Engine, Generation, info_json, infotext, png_base64
-from .jobs import Job, JobQueue, QueueFull
+from .jobs import Job, JobQueue, QueueFull, check_count
 from .schemas import (
     ErrorResponse,
     FieldError,
@@ -359,6 +359,9 @@ def serve(
     interrupted. ``announce`` receives the URL line."""
     import uvicorn
 
+    check_count("workers", workers, 1)  # before the (slow) model load
+    check_count("max_queue", max_queue, 0)
+    check_count("port", port, 0)
     if model is None:
         model = default_model()
         if model is None:

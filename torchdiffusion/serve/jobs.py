@@ -20,6 +20,13 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def check_count(name: str, value: object, minimum: int) -> int:
+    """``value`` if it is an int >= ``minimum``; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 class QueueFull(Exception):
     """The queue holds ``max_queue`` waiting jobs; ``retry_after`` (seconds) estimates when a slot frees up."""
 
@@ -70,9 +77,8 @@ class JobQueue:
     """``workers`` threads serving a FIFO of at most ``max_queue`` waiting jobs (running jobs not counted)."""
 
     def __init__(self, workers: int = 1, max_queue: int = 16) -> None:
-        for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_count("workers", workers, 1)
+        check_count("max_queue", max_queue, 0)
         self.workers, self.max_queue = workers, max_queue
         self._pending: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
