@@ -7,7 +7,7 @@ from PIL import Image
 
 import torchdiffusion as td
 from tests.sd_fixtures import tiny_sd_components
-from torchdiffusion.pipelines.sd_images import preprocess_image, preprocess_mask
+from torchdiffusion.pipelines.stable_diffusion.image_inputs import preprocess_image, preprocess_mask
 
 pytest.importorskip("transformers")
 
@@ -104,12 +104,13 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
 
 def test_strength_timesteps_and_expand_to_batch():
     from torchdiffusion.pipelines.denoise import check_latents, strength_timesteps
-    from torchdiffusion.pipelines.sd_images import expand_to_batch
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import expand_to_batch
 
     scheduler = td.EulerDiscreteScheduler()
     scheduler.set_timesteps(10)
-    tail = strength_timesteps(scheduler, 10, 0.35)  # int(3.5) = 3 steps kept
-    assert tail.tolist() == scheduler.timesteps[7:].tolist() and scheduler.begin_index == 7
+    tail, begin = strength_timesteps(scheduler, 10, 0.35)  # int(3.5) = 3 steps kept
+    assert tail.tolist() == scheduler.timesteps[7:].tolist() and begin == 7
+    assert scheduler.begin_index is None  # the start is passed on explicitly, not left on the scheduler
     with pytest.raises(ValueError, match="strength"):
         strength_timesteps(scheduler, 10, 0.05)
     x = torch.arange(2.0).view(2, 1)
