@@ -124,3 +124,37 @@ def test_strength_timesteps_and_expand_to_batch():
         check_latents(z, (1, 4, 2, 3), 8)
     with pytest.raises(ValueError, match="latents"):
         check_latents([0.0], (1,), 8)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("EulerDiscreteScheduler", {}),
+        ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+        ("HeunDiscreteScheduler", {}),  # order 2: repeated timesteps
+        ("DPMSolverMultistepScheduler", {}),
+        ("DDIMScheduler", {}),
+    ],
+)
+def test_add_noise_at_the_begin_index_matches_diffusers(name, options):
+    """Image-to-image noises the image to where the run starts; the numbers are Diffusers' (its pipeline sets the
+    begin index on the scheduler, then calls add_noise with the first kept timestep)."""
+    diffusers = pytest.importorskip("diffusers")
+    from torchdiffusion.pipelines.denoise import add_noise_at, strength_timesteps
+
+    ours = getattr(td, name)(**options)
+    theirs = getattr(diffusers, name)(**options)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    x0, noise = (
+        torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)),
+    )
+    for strength in (0.35, 0.6, 1.0):
+        tail, begin = strength_timesteps(ours, 10, strength)
+        if hasattr(theirs, "set_begin_index"):
+            theirs.set_begin_index(begin)
+        expected = theirs.add_noise(x0, noise, theirs.timesteps[begin : begin + 1].repeat(3))
+        got = add_noise_at(ours, x0, noise, begin)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert getattr(ours, "begin_index", begin) == begin  # the scheduler starts its steps there too

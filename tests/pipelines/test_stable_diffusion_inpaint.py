@@ -137,7 +137,12 @@ def test_unet_with_other_channel_counts_is_refused(pipe):
 
 
 def test_fill_cover_and_paste_helpers():
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import crop_for_inpainting, paste_inpainted, resize_cover, resize_fill
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import (
+        crop_for_inpainting,
+        paste_inpainted,
+        resize_cover,
+        resize_fill,
+    )
 
     tall = Image.fromarray(np.tile(np.arange(20, dtype="uint8")[:, None, None] * 10, (1, 10, 3)))  # 10 x 20
     filled = np.asarray(resize_fill(tall, 20, 20))  # fitted 10 x 20 in the middle, edge columns stretched
