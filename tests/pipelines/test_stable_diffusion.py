@@ -359,3 +359,13 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
     kwargs = {"prompt": "the cat", "num_inference_steps": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
         pipe(**kwargs)
+
+
+def test_prepare_latents_takes_the_calls_scheduler(pipe):
+    scheduler = td.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    z = pipe.prepare_latents(2, 4, 64, 64, torch.float32, "cpu", gen(0), scheduler=scheduler)
+    expected = torch.randn(2, 4, 8, 8, generator=gen(0)) * scheduler.init_noise_sigma
+    torch.testing.assert_close(z, expected)
+    with pytest.raises(TypeError, match="scheduler"):  # no silent fallback to the shared pipe.scheduler
+        pipe.prepare_latents(2, 4, 64, 64, torch.float32, "cpu", gen(0))
