@@ -7,8 +7,8 @@ import torch
 
 from torchdiffusion.models.layers.attention import Attention
 from torchdiffusion.models.layers.blocks_common import attention_stack, resamplers, resnet_stack
+from torchdiffusion.models.layers.resampling import Downsample2D, Upsample2D
 from torchdiffusion.models.layers.resnet import ResnetBlock2D
-from torchdiffusion.models.layers.sampling import Downsample2D, Upsample2D
 
 R = (1e-6, 4, 0.0, "default", "silu", 1.0)  # eps, groups, dropout, norm, act, scale
 

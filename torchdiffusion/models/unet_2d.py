@@ -16,8 +16,8 @@ from torch import nn
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
 from .layers.activations import ACTIVATIONS
+from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
-from .layers.fast import conv2d, group_norm_act, use_channels_last
 from .layers.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 from .modeling import ModelMixin
 

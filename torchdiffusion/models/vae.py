@@ -18,7 +18,7 @@ from torch import nn
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg, randn_tensor
 from .layers.activations import get_activation
-from .layers.fast import conv2d, group_norm_act, use_channels_last
+from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from .modeling import checkpointed
 

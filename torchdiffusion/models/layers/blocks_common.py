@@ -13,8 +13,8 @@ from torch import nn
 
 from ..modeling import checkpointed
 from .attention import Attention
+from .resampling import Downsample2D, Upsample2D
 from .resnet import ResnetBlock2D
-from .sampling import Downsample2D, Upsample2D
 
 
 def make_resnet(

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .blocks_common import _DownStack, make_resnet, make_spatial_attention
-from .fast import conv2d, group_norm_act
+from .cpu_kernels import conv2d, group_norm_act
+from .resampling import FirDownsample2D, FirUpsample2D
 from .resnet import ResnetBlock2D
-from .sampling import FirDownsample2D, FirUpsample2D
 
 SQRT2 = math.sqrt(2.0)
 
