@@ -180,6 +180,7 @@ class UNet2DModel(ModelMixin, ConfigMixin):
             dropout=dropout,
         )
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, as in Diffusers (same parameter order)
         for i, kind in enumerate(down_block_types):
             self.down_blocks.append(get_down_block(
                 kind, num_layers=layers_per_block, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
@@ -197,7 +198,6 @@ class UNet2DModel(ModelMixin, ConfigMixin):
                 resnet_groups=norm_num_groups, attn_groups=attn_norm_num_groups, add_attention=add_attention,
             )  # fmt: skip
         rev = list(reversed(channels))
-        self.up_blocks = nn.ModuleList()
         for i, kind in enumerate(up_block_types):
             self.up_blocks.append(get_up_block(
                 kind, num_layers=layers_per_block + 1, in_channels=rev[min(i + 1, len(rev) - 1)],

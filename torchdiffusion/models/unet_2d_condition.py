@@ -144,8 +144,9 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
 
         temb = time_embed_dim * 2 if class_embeddings_concat else time_embed_dim
         self.down_blocks = nn.ModuleList(build_down_block(plan, i, temb) for i in range(len(channels)))
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, as in Diffusers (same parameter order)
         self.mid_block = build_mid_block(plan, temb)
-        self.up_blocks = nn.ModuleList(build_up_block(plan, i, temb) for i in range(len(channels)))
+        self.up_blocks.extend(build_up_block(plan, i, temb) for i in range(len(channels)))
         self.num_upsamplers = len(channels) - 1
 
         if norm_num_groups is not None:
