@@ -1,7 +1,8 @@
 """UNet2DConditionModel: the text-conditioned latent UNet of Stable Diffusion 1.x / 2.x / SDXL.
 
 Constructor arguments, defaults, config keys and state-dict keys follow Diffusers, so a ``unet/`` folder written
-by Diffusers loads unchanged. The per-block settings are resolved and checked in ``unet_condition_config.py``.
+by Diffusers loads unchanged, and layers are created in Diffusers' order (after ``torch.manual_seed(s)`` a new model
+starts from Diffusers' weights). The per-block settings are resolved and checked in ``unet_condition_config.py``.
 """
 
 from __future__ import annotations

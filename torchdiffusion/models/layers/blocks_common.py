@@ -89,6 +89,12 @@ def make_spatial_attention(
     )
 
 
+def score_sde_groups(channels: int) -> int:
+    """GroupNorm groups of a ``channels``-wide layer in score-SDE models (``norm_num_groups=None``, the skip blocks):
+    ``min(channels // 4, 32)``."""
+    return min(channels // 4, 32)
+
+
 def check_head_dim(channels: int, head_dim: int | None) -> int:
     """``head_dim`` (``None``: ``channels``, one head) checked against a ``channels``-wide map."""
     head_dim = channels if head_dim is None else head_dim
@@ -277,7 +283,7 @@ class UNetMidBlock2D(nn.Module):
         output_scale_factor: float = 1.0,
     ) -> None:
         super().__init__()
-        resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
+        resnet_groups = resnet_groups if resnet_groups is not None else score_sde_groups(in_channels)
         if attn_groups is None:
             attn_groups = resnet_groups if resnet_time_scale_shift == "default" else None
         self.add_attention = add_attention

@@ -15,7 +15,16 @@ import torch
 from torch import nn
 
 from ..modeling import checkpointed
-from .blocks_common import ResnetSettings, _DownStack, _UpStack, down_widths, resamplers, resnet_layers, up_widths
+from .blocks_common import (
+    ResnetSettings,
+    _DownStack,
+    _UpStack,
+    down_widths,
+    resamplers,
+    resnet_layers,
+    score_sde_groups,
+    up_widths,
+)
 from .transformer import Transformer2DModel
 
 
@@ -226,7 +235,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         out_channels = out_channels or in_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
-        resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
+        resnet_groups = resnet_groups if resnet_groups is not None else score_sde_groups(in_channels)
         groups_out = resnet_groups_out or resnet_groups
         rs = ResnetSettings.from_block_args(locals(), groups=resnet_groups)
         attention = _transformer_factory(

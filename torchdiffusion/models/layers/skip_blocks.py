@@ -15,15 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks_common import ResnetSettings, _DownStack, check_head_dim, make_spatial_attention
+from .blocks_common import ResnetSettings, _DownStack, check_head_dim, make_spatial_attention, score_sde_groups
 from .cpu_kernels import conv2d, group_norm_act
 from .resampling import FirDownsample2D, FirUpsample2D
 
 SQRT2 = math.sqrt(2.0)
-
-
-def _groups(channels: int) -> int:
-    return min(channels // 4, 32)
 
 
 def _attention_factory(args: Mapping[str, Any]) -> Callable[[], nn.Module]:
@@ -46,12 +42,14 @@ class _SkipDown(_DownStack):
         self.resnets = nn.ModuleList()
         for i in range(num_layers):
             cin = args["in_channels"] if i == 0 else out_channels
-            self.resnets.append(rs.build(cin, out_channels, groups=_groups(cin), groups_out=_groups(out_channels)))
+            self.resnets.append(
+                rs.build(cin, out_channels, groups=score_sde_groups(cin), groups_out=score_sde_groups(out_channels))
+            )
             if attention is not None:
                 self.attentions.append(attention())
         if args["add_downsample"]:
             fir = dict(use_in_shortcut=True, down=True, kernel="fir")
-            self.resnet_down = rs.build(out_channels, out_channels, groups=_groups(out_channels), **fir)
+            self.resnet_down = rs.build(out_channels, out_channels, groups=score_sde_groups(out_channels), **fir)
             self.downsamplers = nn.ModuleList([FirDownsample2D(out_channels, out_channels=out_channels)])
             self.skip_conv = nn.Conv2d(3, out_channels, kernel_size=(1, 1), stride=(1, 1))
         else:
@@ -136,16 +134,20 @@ class _SkipUp(nn.Module):
             skip = in_channels if i == num_layers - 1 else out_channels
             prev = args["prev_output_channel"] if i == 0 else out_channels
             # AttnSkipUpBlock2D keeps Diffusers' operator precedence (prev + skip // 4) for identical checkpoints
-            groups = min(prev + skip // 4, 32) if with_attention else _groups(prev + skip)
-            self.resnets.append(rs.build(prev + skip, out_channels, groups=groups, groups_out=_groups(out_channels)))
+            groups = min(prev + skip // 4, 32) if with_attention else score_sde_groups(prev + skip)
+            self.resnets.append(
+                rs.build(prev + skip, out_channels, groups=groups, groups_out=score_sde_groups(out_channels))
+            )
         if with_attention:
             self.attentions.append(_attention_factory(args)())
         self.upsampler = FirUpsample2D(in_channels, out_channels=out_channels)
         if args["add_upsample"]:
             fir = dict(use_in_shortcut=True, up=True, kernel="fir")
-            self.resnet_up = rs.build(out_channels, out_channels, groups=_groups(out_channels), **fir)
+            self.resnet_up = rs.build(out_channels, out_channels, groups=score_sde_groups(out_channels), **fir)
             self.skip_conv = nn.Conv2d(out_channels, 3, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
-            self.skip_norm = nn.GroupNorm(_groups(out_channels), out_channels, eps=args["resnet_eps"], affine=True)
+            self.skip_norm = nn.GroupNorm(
+                score_sde_groups(out_channels), out_channels, eps=args["resnet_eps"], affine=True
+            )
             self.act = nn.SiLU()
         else:
             self.resnet_up = self.skip_conv = self.skip_norm = self.act = None
