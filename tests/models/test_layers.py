@@ -96,7 +96,7 @@ def test_resnet_bad_args():
         block(torch.randn(1, 8, 4, 4), None)
 
 
-def test_sampling_layers():
+def test_resampling_layers():
     x = torch.randn(2, 4, 8, 8)
     down = Downsample2D(4, use_conv=True, out_channels=6, padding=0, name="op")
     assert down(x).shape == (2, 6, 4, 4) and set(down.state_dict()) == {"conv.weight", "conv.bias"}

@@ -58,10 +58,6 @@ class ResnetSettings:
         fields.setdefault("temb_channels", None)
         return cls(**{**fields, **changes})
 
-    def replace(self, **changes: Any) -> ResnetSettings:
-        """A copy with ``changes`` (field names)."""
-        return dataclasses.replace(self, **changes)
-
     def build(self, in_channels: int, out_channels: int, **extra: Any) -> ResnetBlock2D:
         """A ResnetBlock2D ``in_channels -> out_channels`` with these settings plus ``extra`` ResnetBlock2D
         arguments (``groups_out``, ``up``, ``down``, ``kernel``, ``use_in_shortcut``...), which may also override a
