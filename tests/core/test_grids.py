@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchdiffusion.core.spacing import (
+from torchdiffusion.core.grids import (
     beta_sigmas,
     check_custom_sigmas,
     check_custom_timesteps,
