@@ -457,4 +457,3 @@ def multistep_schedule(
         s = np.interp(ts, np.arange(T), train_sigmas)
         last = train_sigmas[0] if final_min else 0.0
     return np.trunc(ts), np.append(s, last)  # Diffusers casts fractional timesteps to int64 (truncation)
-

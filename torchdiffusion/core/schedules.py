@@ -1,4 +1,6 @@
-"""Noise schedules: betas -> alphas_cumprod -> sigmas.
+"""Training noise schedules: betas -> alphas_cumprod -> sigmas, and :class:`TrainedSchedule`, the one object that
+schedulers, the Trainer, ``torchdiffusion.simple`` and the functional sampler ask for trained noise levels, SNR,
+noised samples (``add_noise``) and velocity targets.
 
 Notation (DDPM, Ho et al. 2020; k-diffusion, Karras et al. 2022):
 
@@ -8,7 +10,8 @@ Notation (DDPM, Ho et al. 2020; k-diffusion, Karras et al. 2022):
 * ``sigma_t``           ``sqrt((1 - alpha_bar_t) / alpha_bar_t)``: the same noise level in variance exploding form,
   ``x_t / sqrt(alpha_bar_t) = x0 + sigma_t eps``.
 
-Everything here is computed in float64 (callers cast at use) so that long cumulative products do not drift.
+Betas are computed in float64 and rounded to float32 (see :func:`make_betas`); everything derived from the
+float32 table is computed in float64 (callers cast at use), except the float32 sigmas of the multistep schedulers.
 """
 
 from __future__ import annotations

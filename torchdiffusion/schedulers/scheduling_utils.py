@@ -57,7 +57,6 @@ class KarrasDiffusionSchedulers(Enum):
 KARRAS_COMPATIBLES: list[str] = [e.name for e in KarrasDiffusionSchedulers]
 
 
-
 @dataclass
 class SchedulerOutput(BaseOutput):
     """Output of ``step``: ``prev_sample`` ``(B, C, ...)``, the input of the next model call."""
