@@ -196,3 +196,10 @@ def test_align_your_steps_table_stands_once():
     assert AysSchedules is grids.AysSchedules
     assert AysSchedules["StableDiffusionSigmas"] == [*grids.AYS_SD15[:-1], 0.0]
     assert AysSchedules["StableDiffusionXLSigmas"] == [*grids.AYS_SDXL[:-1], 0.0]
+
+
+def test_vp_denoiser_uses_the_schedulers_trained_sigmas():
+    euler = td.EulerDiscreteScheduler(**SD, rescale_betas_zero_snr=True)
+    d = VPDenoiser(lambda x, t: x, euler.alphas_cumprod)
+    np.testing.assert_array_equal(d.sigmas, euler._train_sigmas)  # finite also at zero terminal SNR
+    assert math.isfinite(d.sigma_max)

@@ -52,7 +52,9 @@ class VPDenoiser:
     k-diffusion denoiser ``D(x, sigma) -> x0`` over the variance-exploding sample ``x = x_t / alpha``.
 
     The model is called at the fractional training timestep of each ``sigma`` (``sigma_to_t``), with
-    ``x_t = x / sqrt(1 + sigma^2)``. ``sigma_min``/``sigma_max``: the trained range, for :func:`get_sigmas`.
+    ``x_t = x / sqrt(1 + sigma^2)``. ``sigma_min``/``sigma_max``: the trained range, for :func:`get_sigmas`
+    (from :meth:`TrainedSchedule.sigmas <torchdiffusion.core.schedules.TrainedSchedule.sigmas>`, so a
+    zero-terminal-SNR table gets the same finite largest sigma as the schedulers).
     """
 
     def __init__(self, model: Callable, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> None:
