@@ -23,8 +23,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 DEFAULT_SAMPLER = "sde-dpm++"
 """Stochastic DPM-Solver++ (2M SDE): on briefly trained pixel models the deterministic solvers leave a share of
-samples with grainy residual noise (the demo's 2-minute digits model: 20% of 100 samples with DPM++ 25 steps,
-none with this one; confidence 0.96 / 0.95, Frechet 46 / 39 on the digits yardstick)."""
+samples with grainy residual noise; the fresh noise of the SDE form washes it out (``docs/samplers.md``, note 5)."""
 
 
 def check_sampler(name: Any) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.schedules import TrainedSchedule
 from . import checkpoint as ckpt
 from .config import TrainingConfig, lr_lambda
 from .data import BatchPlan, iterate_batches, mix_seed
@@ -125,6 +126,7 @@ class Trainer(TrainerOutputs):
             elif table < self.num_classes:
                 raise ValueError(f"num_class_embeds={table} is smaller than the data set's {self.num_classes} classes")
         self.alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod, dtype=torch.float64).cpu()
+        self.noise_levels = TrainedSchedule.from_alphas_cumprod(self.alphas_cumprod)
         self._user_optimizer = optimizer
         self.losses: list[float] = []
         self.step = 0
@@ -247,9 +249,8 @@ class Trainer(TrainerOutputs):
         drop = torch.rand(total, generator=g) < cfg.class_dropout_prob
         part = slice(self.rank * b, (self.rank + 1) * b)
         noise, timesteps, drop = noise[part].to(device), timesteps[part], drop[part]
-        ab = self.alphas_cumprod[timesteps]
-        alpha_t, sigma_t = ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device)
-        x_t = alpha_t.view(-1, 1, 1, 1) * x0 + sigma_t.view(-1, 1, 1, 1) * noise
+        alpha_t, sigma_t = self.noise_levels.coefficients(timesteps, device)
+        x_t = self.noise_levels.add_noise(x0, noise, timesteps)
         if cfg.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         kwargs = {}
@@ -263,7 +264,7 @@ class Trainer(TrainerOutputs):
         target = training_target(self.prediction_type, x0, noise, alpha_t, sigma_t)
         weights = None
         if cfg.loss_weighting != "none":
-            snr_t = (ab / (1 - ab).clamp(min=1e-20)).float().to(device)
+            snr_t = self.noise_levels.snr(timesteps).to(device)
             weights = loss_weights(snr_t, cfg.loss_weighting, self.prediction_type, cfg.snr_gamma)
         return diffusion_loss(out, target, weights)
 
