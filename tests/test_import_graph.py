@@ -142,3 +142,28 @@ def test_no_import_cycle_inside_training():
     graph = import_graph()
     training = {m for m in graph if m == "training" or m.startswith("training.")}
     assert _cycle(graph, training - {"training"}) is None
+
+
+def _function_imports(module: str, function: str, known: set[str]) -> set[str]:
+    """Package modules imported inside ``function`` of ``module``."""
+    path = PACKAGE_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    (node,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function]
+    package = module.rpartition(".")[0].split(".") if "." in module else []
+    found = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.ImportFrom) and child.level and child.module:
+            base = package[: len(package) - (child.level - 1)] if child.level > 1 else package
+            found.add(".".join(base + [child.module]))
+    return found & known
+
+
+def test_generate_does_not_import_training():
+    """``torchdiffusion generate`` (and the sample grids it shares with the Trainer) sample without training/."""
+    graph = import_graph()
+    start = _function_imports("cli", "generate", set(graph)) | _function_imports("cli", "_save_grid", set(graph))
+    assert "pipelines.generate" in start
+    reached = set(start)
+    for module in start:
+        reached |= _reaches(graph, module)
+    assert not [m for m in reached if m.split(".")[0] == "training"]

@@ -206,7 +206,7 @@ class Trainer:
         **unused: Any,
     ) -> None:
         from .training.config import TrainingConfig
-        from .training.data import load_training_dataset
+        from .training.sources import load_training_dataset
 
         if not isinstance(diffusion_model, GaussianDiffusion):
             raise TypeError(f"diffusion_model must be a GaussianDiffusion, got {type(diffusion_model).__name__}")

@@ -225,7 +225,7 @@ def test_in_training_samples_match_the_saved_pipeline(tmp_path, digits):
 
 def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
     from torchdiffusion import DDIMScheduler, DPMSolverMultistepScheduler
-    from torchdiffusion.training.recipes import swap_scheduler
+    from torchdiffusion.schedulers.samplers import swap_scheduler
 
     ddpm = tiny_scheduler()  # timestep_spacing defaulted ("leading"), variance_type "fixed_small"
     dpm = swap_scheduler(DPMSolverMultistepScheduler, ddpm.config)
@@ -242,8 +242,7 @@ def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
 
 def test_sampling_scheduler_builds_every_named_sampler():
     from torchdiffusion.pipelines.denoise import step_kwargs
-    from torchdiffusion.schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS
-    from torchdiffusion.training.recipes import sampling_scheduler
+    from torchdiffusion.schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS, sampling_scheduler
 
     ddpm = tiny_scheduler()
     default = sampling_scheduler(DEFAULT_SAMPLER, ddpm.config)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import outputs
 from .config import TrainingConfig, lr_lambda
 from .data import BatchPlan, iterate_batches, mix_seed
 from .ema import EMAModel
 from .losses import diffusion_loss, loss_weights, sample_noise, training_target
-from .outputs import TrainerOutputs
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _model_output(out: Any) -> torch.Tensor:
     return out
 
 
-class Trainer(TrainerOutputs):
+class Trainer:
     """Train ``model`` (e.g. a :class:`UNet2DModel`) to denoise ``dataset`` items under ``noise_scheduler``.
 
     ``dataset``: a :class:`~torchdiffusion.training.data.TrainingDataset` (or any map-style data set whose items
@@ -234,6 +234,53 @@ class Trainer(TrainerOutputs):
         np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
         self.losses = list(trainer["losses"])
 
+    # ---- what a run hands out (see :mod:`~torchdiffusion.training.outputs`) ------------------------------------
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (the model itself without EMA), in eval mode."""
+        return outputs.ema_model(self.unwrapped, self.ema)
+
+    def pipeline(self) -> Any:
+        """The pipeline of the EMA model: :class:`DDPMPipeline`, or :class:`ClassConditionalPipeline`."""
+        names = getattr(self.dataset, "class_names", None)
+        return outputs.build_pipeline(
+            self.ema_model(), self.noise_scheduler, self.class_conditional, self.null_class_label, names
+        )
+
+    def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
+        """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with the default sampler of ``torchdiffusion
+        generate`` (stochastic DPM-Solver++; fixed seeds: comparable grids)."""
+        return self._sample_grid(num_images, num_inference_steps, seed)[0]
+
+    def _sample_grid(self, num_images: int, num_inference_steps: int, seed: int) -> tuple[torch.Tensor, int | None]:
+        from ..pipelines.generate import generate_images  # the pipelines load when a grid is drawn
+
+        steps = max(1, min(num_inference_steps, len(self.alphas_cumprod) // 2))
+        return generate_images(
+            self.pipeline(), num_images, steps, seed=seed, guidance_scale=self.config.sample_guidance_scale,
+            num_classes=self.num_classes or None,
+        )  # fmt: skip
+
+    def _write_samples(self) -> None:
+        cfg = self.config
+        if cfg.num_sample_images and cfg.sample_inference_steps:
+            images, cols = self._sample_grid(cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed)
+            outputs.write_sample_grid(images, self.output_dir, self.step, cols)
+
+    def _write_log(self, history: list[dict], started: float) -> None:
+        outputs.write_log(self.output_dir, self.losses, history, started, self.step, self.world_size, self.config)
+
+    def save_pipeline(self, path: str | None = None) -> str:
+        """Write the EMA pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) to ``path`` (default:
+        the output folder itself)."""
+        path = path or self.output_dir
+        self.pipeline().save_pretrained(path)
+        return path
+
+    def push_to_hub(self) -> Any:
+        """Upload the EMA pipeline (not the checkpoints or sample grids) to ``hub_model_id`` (default: the output
+        folder's name)."""
+        return outputs.push_pipeline(self.pipeline(), self.output_dir, self.step, self.config)
+
     # ---- one step -----------------------------------------------------------------------------------------
     def _micro_batch(self, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
         """Loss of this process's part of micro-batch ``micro_step`` (noise etc. drawn for the global batch)."""
@@ -314,19 +361,25 @@ class Trainer(TrainerOutputs):
         accum = cfg.gradient_accumulation_steps
         batches = iterate_batches(self.dataset, self.plan, self.step * accum, cfg.dataloader_num_workers)
         images_per_step = cfg.batch_size * accum * self.world_size
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress_bar and self.is_main),
-                   desc="training", unit="step", dynamic_ncols=True)  # fmt: skip
+        show_bar = cfg.progress_bar and self.is_main
+
+        def open_bar():  # opened once the step budget is final, so its total never jumps
+            return tqdm(total=cfg.max_steps, initial=self.step, disable=not show_bar, desc="training", unit="step",
+                        dynamic_ncols=True)  # fmt: skip
+
         history: list[dict] = []
         started = last_time = time.time()
         last_step = self.step
         budget_checked, first_step, probe_time = cfg.time_limit_minutes is None, self.step, 0.0
+        # under a time limit the first steps measure the speed (no bar yet), then max_steps is fitted to the time
+        bar = open_bar() if budget_checked else tqdm(disable=True)
         while self.step < cfg.max_steps:
             if not budget_checked and self.step - first_step == 2:
                 probe_time = time.time()  # the first steps are slower (allocation): measure from the third on
             elif not budget_checked and self.step - first_step == 12:
                 self._fit_time_limit(time.time() - probe_time, 10, started)
                 budget_checked = True
-                bar.total = cfg.max_steps
+                bar = open_bar()
             loss = self._optimizer_step(batches)
             self.losses.append(loss)
             bar.update(1)
