@@ -1,4 +1,4 @@
-"""The one-object API of ``denoising_diffusion_pytorch`` (seed 004), thin over the real library:
+"""The one-object API of ``denoising_diffusion_pytorch`` (lucidrains' package), thin over the real library:
 
     from torchdiffusion.simple import Unet, GaussianDiffusion, Trainer
 
