@@ -169,7 +169,8 @@ def test_bad_trainer_arguments(digits, tmp_path):
 
 
 def test_push_to_hub_uploads_the_pipeline_folder(tmp_path, digits, monkeypatch):
-    """push_to_hub=True (a training script's --push_to_hub) uploads the exported pipeline, not checkpoints or samples."""
+    """push_to_hub=True (a training script's --push_to_hub) uploads the exported pipeline, not checkpoints or
+    samples."""
     import huggingface_hub
 
     calls = []

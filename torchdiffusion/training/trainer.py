@@ -1,9 +1,9 @@
 """Trainer: a diffusion model + noise scheduler + data -> a trained pipeline folder, on one process or many.
 
-Built on ``accelerate`` (imported here only): the same code runs alone, under ``accelerate launch`` and under
-``torchrun`` (DDP: NCCL on CUDA, gloo on CPU). Everything random in a step is drawn from generators seeded by
-``(seed, step)`` for the *global* batch, each process taking its slice, so a run is reproducible, resumable to
-the bit, and gives the same loss on N processes as on one with the same global batch.
+Built on ``accelerate`` (imported when a run starts, in :mod:`.accelerator`): the same code runs alone, under
+``accelerate launch`` and under ``torchrun`` (DDP: NCCL on CUDA, gloo on CPU). Everything random in a step is drawn
+from generators seeded by ``(seed, step)`` for the *global* batch, each process taking its slice, so a run is
+reproducible, resumable to the bit, and gives the same loss on N processes as on one with the same global batch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import contextlib
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import outputs
+from .accelerator import make_accelerator
 from .config import TrainingConfig, lr_lambda
 from .data import BatchPlan, iterate_batches, mix_seed
 from .ema import EMAModel
@@ -35,29 +35,6 @@ class TrainingResult:
     step: int
     losses: list[float]
     pipeline_path: str | None
-
-
-def _accelerator(mixed_precision: str):
-    """An ``accelerate.Accelerator``; in a single process an earlier one's global state is reset first.
-
-    Several processes without CUDA (``torchrun`` / ``accelerate launch`` on CPUs) run DDP over gloo.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not distributed and AcceleratorState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        PartialState._reset_state()
-    cpu = distributed and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
 
 
 def _model_output(out: Any) -> torch.Tensor:
@@ -132,16 +109,7 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        mixed = cfg.mixed_precision
-        if mixed == "fp16" and not torch.cuda.is_available():
-            warnings.warn("mixed_precision='fp16' has no autocast on CPU here; training in bf16 (the fast CPU choice)")
-            mixed = "bf16"
-        if mixed == "bf16" and not torch.cuda.is_available() and not _cpu_has_bf16():
-            warnings.warn(
-                "mixed_precision='bf16' on a CPU without native bf16 (AVX512-BF16/AMX) is emulated and usually much "
-                "slower than fp32; use mixed_precision='no' here"
-            )
-        self.accelerator = acc = _accelerator(mixed)
+        self.accelerator = acc = make_accelerator(cfg.mixed_precision)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         model = self.model.to(acc.device)
         if cfg.channels_last:
