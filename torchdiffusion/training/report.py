@@ -24,11 +24,11 @@ def save_json(path: str, obj: Any) -> None:
 
 def smooth(values: Sequence[float], window: int | None = None) -> list[float]:
     """The trend line of a noisy (positive) loss curve: the geometric mean of a centred window of ``window`` values
-    (default: about 1/25 of the curve), cut off at the ends. Centred, so it does not lag a falling loss, and a mean
-    of logarithms, so it runs through the middle of the curve on a log axis."""
+    (default: 1/25 of the curve, and up to 9 on short curves), cut off at the ends. Centred, so it does not lag a
+    falling loss; a mean of logarithms, so it runs through the middle of the curve on a log axis."""
     n = len(values)
     if window is None:
-        window = max(1, n // 25)
+        window = max(1, min(9, n // 3), n // 25)
     half = max(0, window // 2)
     logs = [math.log(v) for v in values]
     sums = [0.0]
