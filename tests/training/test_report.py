@@ -49,3 +49,24 @@ def test_generate_images_refuses_a_class_for_an_unconditional_pipeline():
     pipe = build_pipeline(tiny_unet(), tiny_scheduler())
     with pytest.raises(ValueError, match="class_label"):
         generate_images(pipe, 1, 2, class_label=3)
+
+
+def test_write_log_without_matplotlib_warns_and_keeps_the_json(tmp_path, monkeypatch):
+    import builtins
+    import json
+
+    from torchdiffusion.training import TrainingConfig
+    from torchdiffusion.training.outputs import write_log
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.warns(UserWarning, match="matplotlib"):
+        write_log(str(tmp_path), [0.5, 0.4], [{"step": 2}], 0.0, 2, 1, TrainingConfig())
+    assert not (tmp_path / "loss.png").exists()
+    assert json.loads((tmp_path / "train_log.json").read_text())["step"] == 2

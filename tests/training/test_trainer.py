@@ -262,3 +262,17 @@ def test_sampling_scheduler_builds_every_named_sampler():
         assert torch.isfinite(out.prev_sample).all(), name
     with pytest.raises(ValueError, match="scheduler"):
         sampling_scheduler("dpm+++", ddpm.config)
+
+
+def test_progress_bar_total_is_final_under_a_time_limit(tmp_path, digits, capsys):
+    """Under a time limit the bar opens once the step budget is fitted (after the speed probe): one total, never
+    the max_steps the run will not reach."""
+    import re
+
+    # 6 s, less the 10 s margin for saving: the budget ends at the step after the probe's 12
+    options = dict(FAST, max_steps=40, progress_bar=True, time_limit_minutes=0.1, num_sample_images=0)
+    result = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), **options).train()
+    assert result.step == 13
+    shown = re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err)
+    assert shown and {total for _, total in shown} == {"13"}
+    assert int(shown[0][0]) == 12  # the probe's 12 steps ran before the bar opened

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,8 +65,12 @@ def write_log(
     config: Any,
 ) -> None:
     """Write ``loss.png`` (every step's loss) and ``train_log.json`` (``history``: the logged steps; ``config``:
-    the :class:`TrainingConfig`; ``started``: the run's start, from ``time.time()``)."""
-    save_loss_plot(losses, os.path.join(output_dir, "loss.png"), title=f"training loss ({step} steps)")
+    the :class:`TrainingConfig`; ``started``: the run's start, from ``time.time()``). Without matplotlib the plot
+    is skipped with a warning: a run never stops for its picture."""
+    try:
+        save_loss_plot(losses, os.path.join(output_dir, "loss.png"), title=f"training loss ({step} steps)")
+    except ImportError as e:
+        warnings.warn(f"no loss.png: {e}", stacklevel=2)
     save_json(
         os.path.join(output_dir, "train_log.json"),
         {"step": step, "max_steps": config.max_steps, "seconds": round(time.time() - started, 2),
