@@ -1,4 +1,4 @@
-"""The one-object API of ``denoising_diffusion_pytorch`` (seed 004), thin over the real library:
+"""The one-object API of ``denoising_diffusion_pytorch`` (lucidrains' package), thin over the real library:
 
     from torchdiffusion.simple import Unet, GaussianDiffusion, Trainer
 
@@ -205,7 +205,7 @@ class Trainer:
         **unused: Any,
     ) -> None:
         from .training.config import TrainingConfig
-        from .training.data import load_training_dataset
+        from .training.sources import load_training_dataset
 
         if not isinstance(diffusion_model, GaussianDiffusion):
             raise TypeError(f"diffusion_model must be a GaussianDiffusion, got {type(diffusion_model).__name__}")
