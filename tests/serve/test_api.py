@@ -76,6 +76,7 @@ def test_batch_and_iterations_use_consecutive_seeds(server):
         ({"sampler_name": "DPM++ 2M", "scheduler": "Karras"}, "DPM++ 2M", "karras"),
         ({"sampler_name": "DDIM"}, "DDIM", "automatic"),
         ({"sampler_name": "UniPC", "scheduler": "sgm_uniform"}, "UniPC", "sgm_uniform"),
+        ({"sampler_index": "Heun"}, "Heun", "automatic"),  # A1111's older field
     ],
 )
 def test_samplers_by_a1111_name(server, fields, sampler, grid):

@@ -370,6 +370,11 @@ def serve(
                 "holds none yet): pass a pipeline folder, e.g. `torchdiffusion serve path/to/stable-diffusion`"
             )
     engine = Engine.load(model, device)
+    if workers > 1 and engine.device.type == "cpu":
+        import torch
+
+        # Each worker's ops run on their own OpenMP team: split the cores instead of oversubscribing them.
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     app = create_app(engine, token=token, workers=workers, max_queue=max_queue, limits=limits)
     sock = bind(host, port)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:

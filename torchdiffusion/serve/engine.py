@@ -72,6 +72,11 @@ class Engine:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(pipe.to(device), os.path.basename(os.path.normpath(os.fspath(path))))
 
+    @property
+    def device(self) -> Any:
+        """The torch device the pipeline runs on."""
+        return self.pipe.device
+
     # ---- what the model offers -----------------------------------------------------------------------------
     @property
     def size_multiple(self) -> int:

@@ -61,6 +61,7 @@ class Txt2ImgRequest(BaseModel):
     width: int | None = None
     height: int | None = None
     sampler_name: str | None = Field(None, description="an A1111 sampler name, e.g. 'DPM++ 2M' or 'Euler a'")
+    sampler_index: str | None = Field(None, description="A1111's older name of sampler_name")
     scheduler: str | None = Field(None, description="noise-level grid: automatic, karras, exponential, ...")
     seed: int = -1
     batch_size: int = 1
@@ -141,7 +142,7 @@ def check_request(req: Txt2ImgRequest, limits: Limits, size_multiple: int) -> tu
         raise FieldError("batch_size", f"batch_size x n_iter must be <= {limits.max_batch}, got {req.batch_size} x "
                                        f"{req.n_iter}")  # fmt: skip
     try:
-        resolved = resolve_a1111_sampler(req.sampler_name, req.scheduler)
+        resolved = resolve_a1111_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     except (ValueError, TypeError) as err:
         field = "scheduler" if str(err).startswith("scheduler") else "sampler_name"
         raise FieldError(field, str(err).split(" ", 1)[1]) from None
