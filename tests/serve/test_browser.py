@@ -76,6 +76,7 @@ def test_page_generates_an_image(engine, browser):
         wait.until(lambda d: bar(d) > 0)
         assert bar(browser) == pytest.approx(0.25)  # 1 of 4 steps, live
         assert "step 1 / 4" in browser.find_element(By.ID, "status").text
+        wait.until(lambda d: d.find_element(By.ID, "preview").is_displayed())  # the running job's preview
         release.set()
 
         image = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery figure img"))[0]
@@ -86,6 +87,7 @@ def test_page_generates_an_image(engine, browser):
         assert "a photo of the cat" in caption and "Seed: 3" in caption and "Sampler: Euler a" in caption
         assert "Steps: 4" in caption and "CFG scale: 6" in caption and "Size: 32x24" in caption
         assert bar(browser) == 1.0
+        assert not browser.find_element(By.ID, "preview").is_displayed()
         assert browser.find_element(By.ID, "status").text == "done: seed 3"
 
         steps = browser.find_element(By.ID, "steps")

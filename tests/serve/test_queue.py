@@ -3,6 +3,8 @@ event), never timed."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import socket
 import threading
@@ -10,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from .conftest import Gate, running_server
 from .test_api import SMALL
@@ -54,6 +57,9 @@ def test_full_queue_answers_429_at_once(engine):
         p = httpx.get(f"{url}/sdapi/v1/progress").json()  # the running job's progress
         assert p["state"]["job"] == "hold-a" and p["state"]["sampling_step"] == 1 and p["state"]["job_count"] == 2
         assert 0 < p["progress"] < 1
+        preview = Image.open(io.BytesIO(base64.b64decode(p["current_image"])))
+        assert preview.size == (4, 4)  # the latents' size: a cheap preview, not a decode
+        assert httpx.get(f"{url}/sdapi/v1/progress?skip_current_image=true").json()["current_image"] is None
         gate.open()
         held.join(60), queued.join(60)
         assert held.response.status_code == 200 and queued.response.status_code == 200

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..schedulers.samplers import A1111_SAMPLER_ALIASES, A1111_SAMPLERS, A1111_SCHEDULERS
-from .engine import Engine, Generation, info_json, infotext, png_base64
+from .engine import Engine, Generation, info_json, infotext, png_base64, preview
 from .jobs import Job, JobQueue, QueueFull, check_count
 from .schemas import (
     ErrorResponse,
@@ -174,8 +174,8 @@ def create_app(
 
     def work(gen: Generation, parameters: dict) -> Callable[[Job], dict | None]:
         def run(job: Job) -> dict | None:
-            def on_step(done: int, total: int) -> bool:
-                job.update(done, total)
+            def on_step(done: int, total: int, latents: Any) -> bool:
+                job.update(done, total, latents)
                 if step_hook is not None:
                     step_hook(job, done)
                 return job.stop_requested
@@ -237,7 +237,8 @@ def create_app(
 
     @app.get("/sdapi/v1/progress", response_model=ProgressResponse)
     def progress(id_task: str | None = None, skip_current_image: bool = False):
-        """Progress of the oldest running job (or of the job ``id_task``, a request's ``force_task_id``)."""
+        """Progress of the oldest running job (or of the job ``id_task``, a request's ``force_task_id``), with a
+        cheap preview of its first image (base64 PNG at latent resolution) for Stable Diffusion models."""
         running, waiting = queue.snapshot()
         place = 0
         if id_task is not None:
@@ -252,7 +253,9 @@ def create_app(
         state = ProgressState(interrupted=job.interrupted.is_set(), job=job.id, job_count=len(running) + waiting,
                               job_timestamp=str(int(job.created)), job_no=job.number, sampling_step=job.step,
                               sampling_steps=job.steps, queue_position=place)  # fmt: skip
-        return ProgressResponse(progress=fraction, eta_relative=eta, state=state)
+        image = None if skip_current_image or job.finished else preview(job.latents)
+        current = png_base64(image) if image is not None else None
+        return ProgressResponse(progress=fraction, eta_relative=eta, state=state, current_image=current)
 
     @app.post("/sdapi/v1/interrupt")
     def interrupt():

@@ -138,9 +138,10 @@ class Engine:
                     pipe.set_progress_bar_config(disable=True)
             return pipe
 
-    def run(self, gen: Generation, on_step: Callable[[int, int], bool]) -> tuple[list[Any], bool]:
-        """Run ``gen`` (``n_iter`` calls of ``batch_size`` images); ``on_step(done, total)`` after every denoising
-        step returns True to stop. Returns (PIL images, whether it stopped early)."""
+    def run(self, gen: Generation, on_step: Callable[[int, int, Any], bool]) -> tuple[list[Any], bool]:
+        """Run ``gen`` (``n_iter`` calls of ``batch_size`` images); ``on_step(done, total, latents)`` after every
+        denoising step (``latents``: a copy of the first image's (C, h, w) latents, for :meth:`preview`; None when
+        the pipeline shows none) returns True to stop. Returns (PIL images, whether it stopped early)."""
         import torch
 
         pipe = self.pipeline(gen.mode, gen.scheduler_class, gen.scheduler_options)
@@ -155,7 +156,9 @@ class Engine:
             def callback(p: Any, i: int, t: Any, tensors: dict, base: int = done) -> dict:
                 nonlocal stopped
                 per_call = getattr(p, "num_timesteps", 0) or gen.steps
-                if on_step(base + i + 1, per_call * gen.n_iter):
+                latents = tensors.get("latents")
+                latents = latents[0].detach().clone() if isinstance(latents, torch.Tensor) else None
+                if on_step(base + i + 1, per_call * gen.n_iter, latents):
                     stopped = True
                     if not interruptible:
                         raise Stopped
@@ -196,12 +199,31 @@ class Engine:
         return images, stopped
 
 
-def png_base64(image: Any, infotext: str) -> str:
+# Latent channel -> RGB weights that approximate Stable Diffusion's VAE decoder for a cheap preview (a linear fit
+# the community uses for live previews; the real decode runs once at the end).
+_SD_PREVIEW_WEIGHTS = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+
+
+def preview(latents: Any) -> Any:
+    """A small PIL preview of Stable Diffusion latents (4, h, w) (h x w pixels), or None for other latents."""
+    import torch
+    from PIL import Image
+
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 3 or latents.shape[0] != 4:
+        return None
+    weights = torch.tensor(_SD_PREVIEW_WEIGHTS, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), weights)
+    rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(rgb)
+
+
+def png_base64(image: Any, infotext: str = "") -> str:
     """``image`` (PIL) as a base64 PNG carrying ``infotext`` in its "parameters" text chunk, as A1111 writes."""
     from PIL.PngImagePlugin import PngInfo
 
     meta = PngInfo()
-    meta.add_text("parameters", infotext)
+    if infotext:
+        meta.add_text("parameters", infotext)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=meta)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -52,6 +52,7 @@ class Job:
         self.finished: float | None = None
         self.step = 0  # steps done, summed over the job's iterations
         self.steps = 0  # steps in all, over the job's iterations
+        self.latents: Any = None  # the running sample of the first image, for a preview
         self.cancelled = threading.Event()  # the client went away: stop and throw the result away
         self.interrupted = threading.Event()  # POST /interrupt: stop and return what there is
         self.result: Any = None
@@ -68,9 +69,9 @@ class Job:
             return 1.0
         return min(self.step / self.steps, 1.0) if self.steps else 0.0
 
-    def update(self, step: int, steps: int) -> None:
-        """Record progress: ``step`` of ``steps`` done (both over the whole job)."""
-        self.step, self.steps = step, steps
+    def update(self, step: int, steps: int, latents: Any = None) -> None:
+        """Record progress: ``step`` of ``steps`` done (both over the whole job), and the running sample."""
+        self.step, self.steps, self.latents = step, steps, latents
 
 
 class JobQueue:
@@ -197,4 +198,4 @@ class JobQueue:
                 job.on_done(job)
             except Exception:  # a closed event loop at shutdown: nobody is waiting any more
                 logger.debug("job %s: on_done failed", job.id, exc_info=True)
-        job.result = job.work = None  # the recent-jobs list keeps progress, not images: memory stays flat
+        job.result = job.work = job.latents = None  # finished jobs keep progress, not images: memory stays flat

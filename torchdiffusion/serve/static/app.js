@@ -58,6 +58,10 @@ async function pollProgress(taskId, stop) {
       if (response.ok) {
         const p = await response.json();
         $("progress").value = p.progress;
+        if (p.current_image && !stop.done) {
+          $("preview").src = "data:image/png;base64," + p.current_image;
+          $("preview").hidden = false;
+        }
         if (p.state.queue_position > 0) setStatus("waiting in the queue (place " + p.state.queue_position + ")");
         else if (p.state.sampling_steps) setStatus("step " + p.state.sampling_step + " / " + p.state.sampling_steps);
       }
@@ -105,6 +109,7 @@ async function generate(event) {
     setStatus("request failed: " + e, true);
   } finally {
     stop.done = true;
+    $("preview").hidden = true;
     $("generate").disabled = false;
     $("interrupt").disabled = true;
   }
