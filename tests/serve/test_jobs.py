@@ -90,3 +90,34 @@ def test_errors_are_handed_over():
         threading.Event().wait(0.01)
     queue.stop()
     assert seen == ["ZeroDivisionError"] and queue.stats["failed"] == 1
+
+
+def test_a_client_answered_finds_its_slot():
+    """A job's client gets its answer (on_done) before the worker takes the next job; a request it sends at once
+    must not find the queue full (the capacity is workers + max_queue jobs in the house)."""
+    queue = JobQueue(workers=1, max_queue=1)
+    release, accepted, finished = threading.Event(), [], threading.Event()
+    first = Job(lambda job: release.wait(30))
+
+    def resubmit(job):
+        try:
+            queue.submit(Job(lambda j: finished.set()))
+            accepted.append(True)
+        except QueueFull:
+            accepted.append(False)
+
+    first.on_done = resubmit
+    queue.start()
+    try:
+        queue.submit(first)
+        while not queue.snapshot()[0]:
+            threading.Event().wait(0.01)
+        queue.submit(Job(lambda job: None))  # waits behind the first
+        with pytest.raises(QueueFull):
+            queue.submit(Job(lambda job: None))  # 1 running + 1 waiting: full
+        release.set()
+        assert finished.wait(30)
+        assert accepted == [True]
+    finally:
+        release.set()
+        queue.stop()

@@ -75,7 +75,7 @@ class Job:
 
 
 class JobQueue:
-    """``workers`` threads serving a FIFO of at most ``max_queue`` waiting jobs (running jobs not counted)."""
+    """``workers`` threads serving a FIFO: at most ``workers + max_queue`` jobs are waiting or running at a time."""
 
     def __init__(self, workers: int = 1, max_queue: int = 16) -> None:
         check_count("workers", workers, 1)
@@ -112,11 +112,13 @@ class JobQueue:
             thread.join(timeout)
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; :class:`QueueFull` when ``max_queue`` jobs already wait."""
+        """Queue ``job``; :class:`QueueFull` when ``workers + max_queue`` jobs already wait or run."""
         with self._cond:
             if self._stopping:
                 raise QueueFull(self._estimate())
-            if len(self._pending) >= self.max_queue and not self._idle_worker():
+            # Count every job in the house, not just the waiting ones: a worker that has just finished a job takes
+            # the next one a moment later, and a client answered in that moment must still find its slot.
+            if len(self._pending) + len(self._running) >= self.workers + self.max_queue:
                 self.stats["rejected"] += 1
                 raise QueueFull(self._estimate())
             self._pending.append(job)
@@ -158,9 +160,6 @@ class JobQueue:
             return self._recent.get(task_id), 0
 
     # ---- internals -------------------------------------------------------------------------------------
-    def _idle_worker(self) -> bool:
-        return len(self._running) + len(self._pending) < self.workers
-
     def _estimate(self) -> int:
         ahead = len(self._pending) + len(self._running)
         return max(1, math.ceil(self._mean_seconds * ahead / self.workers))
