@@ -14,7 +14,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every route")
     p.add_argument("--workers", type=int, default=1, help="threads sharing the one pipeline")
-    p.add_argument("--max-queue", type=int, default=16, help="waiting requests; more get 429 + Retry-After")
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting besides the running ones; more get 429")
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="width x height at most")
     p.add_argument("--max-batch", type=int, default=8, help="batch_size x n_iter at most")
