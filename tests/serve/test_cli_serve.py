@@ -44,7 +44,7 @@ def test_help_lists_the_options(capsys):
 @pytest.mark.parametrize(
     "flags, name",
     [(["--max-steps", "0"], "max_steps"), (["--max-pixels", "-1"], "max_pixels"), (["--workers", "0"], "workers"),
-     (["--max-queue", "-1"], "max_queue"), (["--port", "-5"], "port")],  # fmt: skip
+     (["--max-queue", "-1"], "max_queue"), (["--port", "-5"], "port"), (["--token", " "], "token")],  # fmt: skip
 )
 def test_bad_options_name_the_option(capsys, monkeypatch, flags, name):
     def no_load(*args, **kwargs):

@@ -365,6 +365,8 @@ def serve(
     check_count("workers", workers, 1)  # before the (slow) model load
     check_count("max_queue", max_queue, 0)
     check_count("port", port, 0)
+    if token is not None and not token.strip():
+        raise ValueError("token must not be empty: pass --token with a secret, or leave it out")
     if model is None:
         model = default_model()
         if model is None:
