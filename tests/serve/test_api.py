@@ -164,3 +164,10 @@ def test_page_is_self_contained(server):
         assert "https://" not in text and "http://" not in text, name
     assert httpx.get(f"{server}/static/../app.py").status_code == 404
     assert httpx.get(f"{server}/static/app.py").status_code == 404
+
+
+def test_progress_counts_img2img_steps_over_iterations(server):
+    body = {**SMALL, "steps": 4, "n_iter": 2, "init_images": [b64_image()], "denoising_strength": 0.5}
+    assert post(server, "img2img", {**body, "force_task_id": "img-42"}).status_code == 200
+    state = httpx.get(f"{server}/sdapi/v1/progress", params={"id_task": "img-42"}).json()["state"]
+    assert (state["sampling_step"], state["sampling_steps"]) == (4, 4)  # 2 of 4 steps at strength 0.5, twice

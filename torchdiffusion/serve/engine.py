@@ -149,13 +149,13 @@ class Engine:
         accepted = inspect.signature(type(pipe).__call__).parameters
         images: list[Any] = []
         stopped = False
-        done = 0
+        done = per_call = 0  # steps of the finished calls; steps of one call (img2img runs fewer than gen.steps)
         for n in range(gen.n_iter):
             seeds = gen.seeds[n * gen.batch_size : (n + 1) * gen.batch_size]
 
             def callback(p: Any, i: int, t: Any, tensors: dict, base: int = done) -> dict:
-                nonlocal stopped
-                per_call = getattr(p, "num_timesteps", 0) or gen.steps
+                nonlocal stopped, per_call
+                per_call = getattr(p, "num_timesteps", 0) or gen.steps  # read inside the call: this call's
                 latents = tensors.get("latents")
                 latents = latents[0].detach().clone() if isinstance(latents, torch.Tensor) else None
                 if on_step(base + i + 1, per_call * gen.n_iter, latents):
@@ -193,7 +193,7 @@ class Engine:
             except Stopped:
                 break
             images.extend(_to_pil(out.images))
-            done += getattr(pipe, "num_timesteps", 0) or gen.steps
+            done += per_call or gen.steps
             if stopped:
                 break
         return images, stopped
