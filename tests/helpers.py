@@ -25,3 +25,21 @@ class TinyModel(ModelMixin, ConfigMixin):
         for layer in self.layers:
             x = layer(x)
         return self.attn.to_out[0](self.attn.to_q(x))
+
+
+def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
+    """Add seeded noise to EVERY parameter of ``module`` in place (norm weights and zero-initialised biases too), so
+    parity on the result cannot hide a swapped, missing or mis-shaped affine; returns ``module``.
+
+    Each tensor gets ``N(0, s^2)`` with ``s = scale * std(p)``, or ``s = scale`` where ``p`` is constant (norm
+    weights of 1, biases of 0). Load the perturbed state dict into the other side so both see the same numbers.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            spread = p.float().std().item() if p.numel() > 1 else 0.0
+            s = scale * spread if spread > 0 else scale
+            p.add_((torch.randn(p.shape, generator=g) * s).to(p.dtype))
+    return module

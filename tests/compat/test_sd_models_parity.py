@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import torchdiffusion as td
+from tests.helpers import perturb_
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -101,19 +102,14 @@ def _unet_inputs(config, batch=2, size=None, seq=5):
 
 def _pair(config):
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DConditionModel(**config).eval()
+    theirs = perturb_(diffusers.UNet2DConditionModel(**config).eval())
     ours = td.UNet2DConditionModel(**config).eval()
     assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return theirs, ours
 
 
-FAST = ("sd1", "sd2", "sdxl")  # the other variants run with `-m slow`
-
-
-@pytest.mark.parametrize(
-    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(VARIANTS)]
-)
+@pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_unet_forward_matches_diffusers(name):
     config = VARIANTS[name]
     theirs, ours = _pair(config)
@@ -156,7 +152,7 @@ def test_unet_controlnet_residuals_match():
 
 def test_unet_folder_from_diffusers_loads(tmp_path):
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DConditionModel(**SDXL).eval()
+    theirs = perturb_(diffusers.UNet2DConditionModel(**SDXL).eval())
     theirs.save_pretrained(tmp_path / "unet")
     ours = td.UNet2DConditionModel.from_pretrained(tmp_path / "unet")
     sample, t, kwargs = _unet_inputs(SDXL)
@@ -182,7 +178,7 @@ VAE = dict(  # the 4-level SD layout, narrowed
 def _vae_pair(**overrides):
     config = dict(VAE, **overrides)
     torch.manual_seed(0)
-    theirs = diffusers.AutoencoderKL(**config).eval()
+    theirs = perturb_(diffusers.AutoencoderKL(**config).eval())
     ours = td.AutoencoderKL(**config).eval()
     assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -193,8 +189,8 @@ def _vae_pair(**overrides):
     "overrides",
     [
         pytest.param({}, id="sd"),
-        pytest.param({"use_quant_conv": False, "use_post_quant_conv": False}, id="no_quant", marks=pytest.mark.slow),
-        pytest.param({"mid_block_add_attention": False}, id="no_mid_attn", marks=pytest.mark.slow),
+        pytest.param({"use_quant_conv": False, "use_post_quant_conv": False}, id="no_quant"),
+        pytest.param({"mid_block_add_attention": False}, id="no_mid_attn"),
     ],
 )
 def test_vae_encode_decode_forward_match(overrides):
