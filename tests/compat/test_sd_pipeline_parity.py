@@ -1,6 +1,7 @@
 """Stable Diffusion pipelines: the same images as Diffusers from the same folder (max abs diff <= 2e-3 on [0, 1]
-pixels; the latents before the VAE to 1e-4, with a check that they are not trivial), both ways, for text-to-image, image-to-image and inpainting; single-file loading against Diffusers'
-own LDM converters."""
+pixels; the latents before the VAE to 1e-4, with a check that they are not trivial), both ways, for
+text-to-image, image-to-image and inpainting; single-file loading against Diffusers' own LDM converters. The
+folder's weights are all perturbed off their default init (``tests.sd_fixtures.save_tiny_sd``)."""
 
 import numpy as np
 import pytest
