@@ -1,6 +1,6 @@
-"""Two CPU processes (gloo DDP) give the loss trajectory and, to round-off, the final weights of one process with the
-same global batch (the two ranks bit-identical to each other); only rank 0 writes files. ``accelerate launch`` (the README's
-command) in the default run, torchrun with ``-m slow``."""
+"""Two CPU processes (gloo DDP) give the loss trajectory and, to round-off, the final weights of one process with
+the same global batch (the two ranks bit-identical to each other); only rank 0 writes files. ``accelerate launch``
+(the README's command) in the default run, torchrun with ``-m slow``."""
 
 import json
 import os
