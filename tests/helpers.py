@@ -43,3 +43,26 @@ def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
             s = scale * spread if spread > 0 else scale
             p.add_((torch.randn(p.shape, generator=g) * s).to(p.dtype))
     return module
+
+
+class _RunsCode:
+    """Pickles as a call to ``exec``: unpickling it with plain pickle runs ``code``."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (self.code,)
+
+
+def write_malicious_pickle(path, marker, tensors: dict | None = None) -> None:
+    """``torch.save`` a checkpoint whose pickle, loaded without ``weights_only``, creates the file ``marker``
+    (next to real-looking tensors, so only a loader that executes pickled code would notice anything)."""
+    import os
+
+    import torch
+
+    payload = _RunsCode(f"open({os.fspath(marker)!r}, 'w').write('code ran')")
+    torch.save({"state_dict": dict(tensors or {"w": torch.zeros(2)}), "hook": payload}, os.fspath(path))
