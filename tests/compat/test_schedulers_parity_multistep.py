@@ -6,9 +6,9 @@ Diffusers' to 1e-4 relative. The SDE variants draw the same noise from the same 
 Where Diffusers 0.42.1 breaks (raises, or returns NaN) the case is pinned in ``DIFFUSERS_BREAKS``: the test
 checks that Diffusers still breaks in exactly that way (an unexpected break, or an unexpected fix, fails) and that
 ours is finite on the same grid; ``test_schedulers_better_than_diffusers.py`` checks ours is also sensible there.
-Where Diffusers' float32 coefficients lose precision (noise-
-prediction updates from the cosine schedule's first noise level, sigma = 2e4) we compare against Diffusers' own
-algorithm run with float64 noise levels instead, and check that ours is the more accurate one.
+Where Diffusers' float32 coefficients lose precision (noise-prediction updates from the cosine schedule's first
+noise level, sigma = 2e4) we compare against Diffusers' own algorithm run with float64 noise levels instead, and
+check that ours is the more accurate one.
 """
 
 from __future__ import annotations
