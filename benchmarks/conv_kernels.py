@@ -9,7 +9,7 @@ channels), so Winograd wins only from ~256 channels.
 
     python benchmarks/conv_kernels.py [--batch 16] [--threads N] [--shapes 64x64@32 128x128@16 ...]
 
-Shapes are ``INxOUT@SIZE``; the default list is the seeds' 4-level UNet (32 px) plus Stable Diffusion widths.
+Shapes are ``INxOUT@SIZE``; the default list is the tutorials' 4-level UNet (32 px) plus Stable Diffusion widths.
 Prints per shape: milliseconds (median of ``--repeats`` runs), Winograd/direct ratio (< 1: Winograd faster), the
 GEMM's share, and the max abs errors of Winograd and of the direct kernel against a float64 convolution; exits 1
 when Winograd's error exceeds ``ROUNDOFF_FACTOR`` times the direct kernel's.

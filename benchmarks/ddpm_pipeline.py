@@ -1,6 +1,6 @@
 """DDPMPipeline end to end on CPU, ours vs Diffusers on the same weights (fp32, default settings).
 
-The seeds' 4-level butterflies UNet at 32 px, batch 16; runs are interleaved and the median ratio printed.
+The tutorials' 4-level butterflies UNet at 32 px, batch 16; runs are interleaved and the median ratio printed.
 
     python benchmarks/ddpm_pipeline.py [--steps 20] [--repeats 3]
 """

@@ -1,12 +1,13 @@
-"""Training throughput (images/s) on this machine: torchdiffusion's Trainer step vs the seeds' plain loop on Diffusers,
-with the seeds' 4-level UNet2DModel (64, 128, 128, 256; attention on the two lowest levels) at 32 px, batch 16.
+"""Training throughput (images/s) on this machine: torchdiffusion's Trainer step vs the tutorials' plain loop on
+Diffusers, with the tutorials' 4-level UNet2DModel (64, 128, 128, 256; attention on the two lowest levels) at 32 px,
+batch 16.
 
 Four sides, each timed over the same work per step: fetch the batch, draw noise and timesteps, forward, MSE,
 backward, then whatever the side's settings add (gradient clipping, the optimizer step, EMA):
 
-* ``diffusers, its defaults``: the seeds' loop (DataLoader, add_noise, forward, MSE, backward, plain AdamW);
+* ``diffusers, its defaults``: the tutorials' loop (DataLoader, add_noise, forward, MSE, backward, plain AdamW);
 * ``ours, its defaults``: the Trainer step (channels-last, clipping at 1.0, fused AdamW, EMA, lr schedule);
-* ``diffusers, our settings``: the seeds' loop given the same settings (channels-last model and inputs, clipping at
+* ``diffusers, our settings``: the tutorials' loop given the same settings (channels-last model and inputs, clipping at
   1.0, fused AdamW, Diffusers' own EMAModel with the same decay schedule);
 * ``ours, Diffusers' settings``: the Trainer with channels-last, clipping and EMA off and a plain AdamW.
 
@@ -39,7 +40,7 @@ LR = 4e-4
 
 
 def peer_steps(batch_size: int, ours_settings: bool):
-    """The seeds' loop on Diffusers (with our Trainer's default settings if ``ours_settings``), as a generator of
+    """The tutorials' loop on Diffusers (with our Trainer's default settings if ``ours_settings``), as a generator of
     step times; the timer covers fetching the batch too."""
     import diffusers
     from diffusers.training_utils import EMAModel
@@ -143,7 +144,7 @@ def main() -> None:
             for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate which side goes first
                 times[name] += [next(sides[name]) for _ in range(args.steps)]
     print(
-        f"seeds' 4-level UNet, 32 px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"tutorials' 4-level UNet, 32 px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
         f"mixed precision {args.mixed_precision}"
     )
     rates = {}

@@ -1,6 +1,6 @@
 """UNet2DModel forward on CPU, ours vs Diffusers on the same weights (fp32, default settings, no flags).
 
-The seeds' 4-level butterflies UNet (block_out_channels=(64, 128, 128, 256), Down, Down, AttnDown, AttnDown),
+The tutorials' 4-level butterflies UNet (block_out_channels=(64, 128, 128, 256), Down, Down, AttnDown, AttnDown),
 32 px, batch 16. Both models are built from one seed, our state dict is loaded from theirs (strict), outputs
 are compared (max abs diff), then the two forwards are timed interleaved (warm-up first) and the median
 ratio ours/peer printed (target <= 0.75).

@@ -1,4 +1,4 @@
-"""The seeds' flows in examples/ run end to end at tiny sizes."""
+"""The tutorials' flows in examples/ run end to end at tiny sizes."""
 
 import importlib.util
 from pathlib import Path

@@ -10,7 +10,7 @@ from tests.helpers import perturb_
 diffusers = pytest.importorskip("diffusers")
 
 UNET_CONFIGS = {
-    "butterflies": dict(  # seed 001/003, narrowed
+    "butterflies": dict(  # the butterflies tutorial, narrowed
         sample_size=16,
         in_channels=3,
         out_channels=3,
@@ -20,7 +20,7 @@ UNET_CONFIGS = {
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     ),
-    "mnist": dict(  # seed 002, narrowed
+    "mnist": dict(  # the MNIST tutorial, narrowed
         sample_size=12,
         in_channels=1,
         out_channels=1,
