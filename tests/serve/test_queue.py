@@ -111,6 +111,7 @@ REQUESTS = [
     {**SMALL, "seed": 1},
     {**SMALL, "seed": 2, "sampler_name": "Euler a"},
     {**SMALL, "seed": 3, "prompt": "the dog", "batch_size": 2},
+    {**SMALL, "seed": 3, "prompt": "a photo of the cat and the dog", "negative_prompt": "the photo of a dog"},
     {**SMALL, "seed": 4, "width": 16, "height": 24, "sampler_name": "DPM++ 2M SDE", "cfg_scale": 3.0},
     {**SMALL, "seed": 5, "sampler_name": "UniPC", "scheduler": "karras", "steps": 3},
 ]
