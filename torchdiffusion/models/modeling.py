@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..loaders.peft_model import PeftAdapterMixin
 
-class ModelMixin(nn.Module):
+
+class ModelMixin(PeftAdapterMixin, nn.Module):
     """Base class for models. Subclasses also inherit :class:`~torchdiffusion.configuration.ConfigMixin` and
     decorate ``__init__`` with ``@register_to_config``; the config is saved as ``config.json``."""
 

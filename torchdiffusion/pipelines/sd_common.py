@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..core.guidance import classifier_free_guidance, rescale_guidance
+from ..loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 from ..utils.images import check_output_type
 from ..utils.torch_utils import check_generator, randn_tensor
 from .denoise import (
@@ -106,7 +107,7 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: t
     return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
 
 
-class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipeline):
+class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, StableDiffusionLoraLoaderMixin, DiffusionPipeline):
     """Base of the Stable Diffusion pipelines. ``safety_checker``, ``feature_extractor`` and ``image_encoder``
     are optional (None); ``image_encoder`` is kept for folder compatibility only (no IP-Adapter here)."""
 
@@ -261,6 +262,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
             a.negative_prompt,
             prompt_embeds=a.prompt_embeds,
             negative_prompt_embeds=a.negative_prompt_embeds,
+            lora_scale=(call.cross_attention_kwargs or {}).get("scale"),
             clip_skip=call.clip_skip,
         )
         scheduler = fresh_scheduler(self.scheduler)
