@@ -3,6 +3,7 @@ the negative prompt for classifier-free guidance, and the checks of the prompt a
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
@@ -11,6 +12,10 @@ import torch
 from ..loaders.scale import lora_scale as scaled_lora
 
 __all__ = ["PromptEncodingMixin", "check_prompt_arguments"]
+
+# A fast (Rust) tokenizer sets its padding/truncation mode on the shared backend object for each call, so two
+# threads tokenizing at once (one with padding="longest") can get each other's padding: one lock for all calls.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def check_prompt_arguments(prompt: Any, prompt_embeds: Any, negative_prompt: Any, negative_prompt_embeds: Any) -> int:
@@ -57,11 +62,12 @@ class PromptEncodingMixin:
     components; also reads ``unet`` for the dtype when there is no text encoder."""
 
     def _tokenize(self, texts: list[str], max_length: int, warn: bool) -> Any:
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
+        with _TOKENIZER_LOCK:
+            tokens = self.tokenizer(
+                texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+            )
+            full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids if warn else None
         if warn:
-            full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
             if full.shape[-1] > tokens.input_ids.shape[-1]:
                 removed = self.tokenizer.batch_decode(full[:, max_length - 1 : -1])
                 warnings.warn(
