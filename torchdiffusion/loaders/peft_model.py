@@ -62,7 +62,7 @@ class PeftAdapterMixin:
         adapter_config.base_model_name_or_path = None
         snapshot = pu.Snapshot(self)
         try:
-            peft.inject_adapter_in_model(adapter_config, self, adapter_name=adapter_name)
+            pu.inject(self, adapter_config, adapter_name)
         except BaseException:
             snapshot.restore(adapter_name)
             raise

@@ -9,6 +9,7 @@ step fails (all-or-nothing), :class:`Snapshot` is what makes that possible acros
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -158,7 +159,9 @@ class Snapshot:
                 _replace(model, path, layer.get_base_layer())
                 continue
             if adapter_name in layer.lora_A:
-                layer.delete_adapter(adapter_name)
+                with warnings.catch_warnings():  # "active adapter deleted": the actives are restored next
+                    warnings.simplefilter("ignore", UserWarning)
+                    layer.delete_adapter(adapter_name)
             active, disabled = self.layers[path]
             if active:
                 layer.set_adapter(active)
@@ -191,11 +194,18 @@ def lora_config(ranks: dict[str, int], alphas: dict[str, float]) -> Any:
     )
 
 
+def inject(model: nn.Module, config: Any, adapter_name: str) -> None:
+    """peft's ``inject_adapter_in_model``, without its warning that a second adapter is being added (intended)."""
+    peft = require_peft()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        peft.inject_adapter_in_model(config, model, adapter_name=adapter_name)
+
+
 def inject_lora(model: nn.Module, adapter_name: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]], config):
     """Add adapter ``adapter_name`` to ``model`` with ``config`` and set its ``(down, up)`` weights per module
     path (shapes already checked against the modules). On failure the caller restores a :class:`Snapshot`."""
-    peft = require_peft()
-    peft.inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    inject(model, config, adapter_name)
     with torch.no_grad():
         for path, (down, up) in weights.items():
             layer = model.get_submodule(path)
