@@ -384,3 +384,15 @@ def test_other_sd_pipelines_have_the_lora_api(tok):
                             generator=torch.Generator().manual_seed(0), cross_attention_kwargs={"scale": s}).images
     assert np.abs(run(0.0) - run(1.0)).max() > 1e-4
     assert td.StableDiffusionInpaintPipeline.load_lora_weights is td.StableDiffusionPipeline.load_lora_weights
+
+
+def test_model_load_with_prefix_and_network_alphas():
+    lora = {f"unet.{k}": v for k, v in _unet_lora().items()}
+    lora["text_encoder.other.lora_A.weight"] = torch.zeros(1)  # another component's key: skipped by the prefix
+    path = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    unet = tiny_unet(td)
+    unet.load_lora_adapter(lora, prefix="unet", adapter_name="a",
+                           network_alphas={f"unet.{path}.alpha": 8.0, "text_encoder.x.alpha": 1.0})
+    layer = unet.get_submodule(path)
+    assert layer.scaling["a"] == 2.0  # alpha 8 / rank 4
+    assert unet.get_submodule(path.replace("to_q", "to_k")).scaling["a"] == 1.0  # no alpha: rank

@@ -133,8 +133,9 @@ class PeftAdapterMixin:
         state, file_metadata = read_lora_state_dict(pretrained_model_name_or_path_or_dict, **read_kwargs(kwargs))
         if prefix is not None:
             state = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        for key, value in network_alphas.items():
-            state[key.removeprefix(f"{prefix}.") if prefix else key] = torch_scalar(value)
+        for key, value in network_alphas.items():  # {"<prefix>.<module>.alpha": alpha}, Diffusers' form
+            if prefix is None or key.startswith(prefix + "."):
+                state[key[len(prefix) + 1 :] if prefix else key] = torch_scalar(value)
         load_lora({"model": self}, state, metadata or file_metadata, adapter_name, "model", prefixed_metadata=False)
 
     def save_lora_adapter(
