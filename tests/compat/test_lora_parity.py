@@ -151,6 +151,7 @@ def test_kohya_file_same_images_in_both(tiny_sd_folder, tmp_path):
 def test_fuse_then_unfuse_restores_weights_and_matches_diffusers(tiny_sd_folder, tmp_path):
     state, _ = _peft_unet_lora(tiny_sd_folder, targets=WIDE, seed=6)
     theirs, ours = _pair(tiny_sd_folder)
+    _run(ours)  # fills the fast conv paths' weight caches with the base weights
     lora = {f"unet.{k}": v for k, v in state.items()}
     theirs.load_lora_weights(dict(lora))
     ours.load_lora_weights(dict(lora))
