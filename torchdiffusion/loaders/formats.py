@@ -34,6 +34,7 @@ __all__ = [
     "convert_state_dict_to_peft",
     "read_lora_state_dict",
     "split_lora_state_dict",
+    "write_lora_file",
 ]
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.bin"
@@ -56,7 +57,7 @@ _SUFFIXES = (  # (key ending, part)
 )
 
 
-# ---- reading ---------------------------------------------------------------------------------------------------
+# ---- reading and writing ---------------------------------------------------------------------------------------
 def _pick_weight_name(folder: str, use_safetensors: bool | None) -> str:
     exts = (".safetensors",) if use_safetensors else (".bin",) if use_safetensors is False else (".safetensors", ".bin")
     for ext in exts:
@@ -128,6 +129,47 @@ def read_lora_state_dict(
             raise FileNotFoundError(f"none of {names} found in {local}; pass weight_name")
     state = read_state_file(path)
     return state, (_metadata(path) if path.endswith(".safetensors") else None)
+
+
+def write_lora_file(
+    state: dict[str, torch.Tensor],
+    save_directory: str | os.PathLike,
+    weight_name: str | None,
+    safe_serialization: bool,
+    metadata: dict[str, Any] | None = None,
+    save_function: Any = None,
+) -> str:
+    """Write ``state`` to ``save_directory/weight_name`` (atomically: a temporary file, then a rename); the
+    adapter ``metadata`` goes into the safetensors header as JSON. Returns the path."""
+    from ..hub import check_plain_name
+
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
+    if os.path.isfile(save_directory):
+        raise ValueError(f"save_directory={os.fspath(save_directory)!r} is a file; pass a folder")
+    if weight_name is None:
+        weight_name = LORA_WEIGHT_NAME_SAFE if safe_serialization else LORA_WEIGHT_NAME
+    check_plain_name(weight_name, "weight_name")
+    if metadata and not safe_serialization:
+        raise ValueError("adapter metadata can only be written with safe_serialization=True")
+    os.makedirs(save_directory, exist_ok=True)
+    path = os.path.join(save_directory, weight_name)
+    tmp = path + ".tmp"
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    if save_function is not None:
+        save_function(state, tmp)
+    elif safe_serialization:
+        from safetensors.torch import save_file
+
+        header = {"format": "pt"}
+        if metadata:
+            plain = {k: sorted(v) if isinstance(v, set) else v for k, v in metadata.items()}
+            header[LORA_ADAPTER_METADATA_KEY] = json.dumps(plain, indent=2, sort_keys=True, default=str)
+        save_file(state, tmp, metadata=header)
+    else:
+        torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 # ---- mapping keys to modules -----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ The per-call scale ``pipe(..., cross_attention_kwargs={"scale": s})`` reaches th
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -18,51 +17,10 @@ import torch
 from torch import nn
 
 from . import peft_utils as pu
-from .formats import LORA_ADAPTER_METADATA_KEY, LORA_WEIGHT_NAME, LORA_WEIGHT_NAME_SAFE
+from .formats import write_lora_file
 from .peft_model import _names, expand_weights, read_kwargs
 
-__all__ = ["StableDiffusionLoraLoaderMixin", "write_lora_file"]
-
-
-def write_lora_file(
-    state: dict[str, torch.Tensor],
-    save_directory: str | os.PathLike,
-    weight_name: str | None,
-    safe_serialization: bool,
-    metadata: dict[str, Any] | None = None,
-    save_function: Any = None,
-) -> str:
-    """Write ``state`` to ``save_directory/weight_name`` (atomically: a temporary file, then a rename); the
-    adapter ``metadata`` goes into the safetensors header as JSON. Returns the path."""
-    from ..hub import check_plain_name
-
-    if not isinstance(save_directory, (str, os.PathLike)):
-        raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
-    if os.path.isfile(save_directory):
-        raise ValueError(f"save_directory={os.fspath(save_directory)!r} is a file; pass a folder")
-    if weight_name is None:
-        weight_name = LORA_WEIGHT_NAME_SAFE if safe_serialization else LORA_WEIGHT_NAME
-    check_plain_name(weight_name, "weight_name")
-    if metadata and not safe_serialization:
-        raise ValueError("adapter metadata can only be written with safe_serialization=True")
-    os.makedirs(save_directory, exist_ok=True)
-    path = os.path.join(save_directory, weight_name)
-    tmp = path + ".tmp"
-    state = {k: v.detach().contiguous() for k, v in state.items()}
-    if save_function is not None:
-        save_function(state, tmp)
-    elif safe_serialization:
-        from safetensors.torch import save_file
-
-        header = {"format": "pt"}
-        if metadata:
-            plain = {k: sorted(v) if isinstance(v, set) else v for k, v in metadata.items()}
-            header[LORA_ADAPTER_METADATA_KEY] = json.dumps(plain, indent=2, sort_keys=True, default=str)
-        save_file(state, tmp, metadata=header)
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+__all__ = ["StableDiffusionLoraLoaderMixin"]
 
 
 def _layers(layers: Any, argument: str) -> dict[str, torch.Tensor]:

@@ -147,7 +147,7 @@ class PeftAdapterMixin:
         weight_name: str | None = None,
     ) -> None:
         """Write adapter ``adapter_name`` (PEFT key layout, config in the header) to ``save_directory``."""
-        from .lora_pipeline import write_lora_file
+        from .formats import write_lora_file
 
         self._check_known([adapter_name], "adapter_name")
         state = lora_state_dict(self, adapter_name)

@@ -73,7 +73,7 @@ def active_adapters(model: nn.Module) -> list[str]:
 def clear_weight_caches(model: nn.Module) -> None:
     """Drop weights derived and cached by the fast layers (they key on the tensor's version, which peft's
     ``weight.data += delta`` merges do not bump)."""
-    from ..models.layers.fast import clear_weight_caches as clear
+    from ..models.layers.cpu_kernels import clear_weight_caches as clear
 
     clear(model)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..loaders.scale import lora_scale as scaled_lora
+from ...loaders.scale import lora_scale as scaled_lora
 
 __all__ = ["PromptEncodingMixin", "check_prompt_arguments"]
 
