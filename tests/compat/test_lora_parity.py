@@ -238,3 +238,22 @@ def test_text_encoder_lora(tiny_sd_folder, tmp_path):
 
     set_adapters_for_text_encoder("default_0", theirs.text_encoder, 0.5)
     _assert_same(_run(theirs), _run(ours))
+
+
+def test_old_attention_processor_layout(tiny_sd_folder):
+    """Diffusers' oldest UNet LoRA keys (``attn1.processor.to_q_lora.down.weight``, ``to_out_lora``)."""
+    state, _ = _peft_unet_lora(tiny_sd_folder, seed=10)
+    old = {}
+    for key, value in state.items():
+        module, _, part = key.rpartition(".lora_")
+        head, _, proj = module.rpartition(".")
+        head, proj = (head.rpartition(".")[0], "to_out") if proj == "0" else (head, proj)
+        old[f"unet.{head}.processor.{proj}_lora.{'down' if part.startswith('A') else 'up'}.weight"] = value
+    assert any(".processor.to_out_lora.up.weight" in k for k in old)
+    theirs, ours = _pair(tiny_sd_folder)
+    theirs.load_lora_weights(dict(old))
+    ours.load_lora_weights(dict(old))
+    _assert_same(_run(theirs), _run(ours))
+    reference = _pair(tiny_sd_folder)[1]
+    reference.load_lora_weights({f"unet.{k}": v for k, v in state.items()})
+    _assert_same(_run(reference), _run(ours), 1e-6)
