@@ -181,6 +181,8 @@ def test_model_bad_inputs():
         _out(unet, cross_attention_kwargs={"scale": "high"})
     with pytest.raises(TypeError, match="colour"):
         unet.load_lora_adapter({}, colour=1)
+    with pytest.raises(ValueError, match="prefix"):
+        unet.load_lora_adapter({f"unet.{k}": v for k, v in _unet_lora().items()})  # Diffusers' default "transformer"
 
 
 # ---- pipeline level: files ---------------------------------------------------------------------------------

@@ -132,7 +132,12 @@ class PeftAdapterMixin:
         metadata = kwargs.pop("metadata", None)
         state, file_metadata = read_lora_state_dict(pretrained_model_name_or_path_or_dict, **read_kwargs(kwargs))
         if prefix is not None:
-            state = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            kept = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            if state and not kept:
+                heads = sorted({k.split(".", 1)[0] for k in state})[:5]
+                raise ValueError(f"prefix={prefix!r}: no key starts with it (keys start with {heads}); pass the "
+                                 "right prefix, or prefix=None for keys without one")
+            state = kept
         for key, value in network_alphas.items():  # {"<prefix>.<module>.alpha": alpha}, Diffusers' form
             if prefix is None or key.startswith(prefix + "."):
                 state[key[len(prefix) + 1 :] if prefix else key] = torch_scalar(value)
