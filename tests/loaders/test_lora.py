@@ -398,3 +398,12 @@ def test_model_load_with_prefix_and_network_alphas():
     layer = unet.get_submodule(path)
     assert layer.scaling["a"] == 2.0  # alpha 8 / rank 4
     assert unet.get_submodule(path.replace("to_q", "to_k")).scaling["a"] == 1.0  # no alpha: rank
+
+
+def test_model_load_reads_the_prefixed_header_of_a_pipeline_file(tmp_path):
+    lora = {k: v for k, v in _unet_lora().items()}
+    td.StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=lora,
+                                                 unet_lora_adapter_metadata={"r": 4, "lora_alpha": 2})
+    unet = tiny_unet(td)
+    unet.load_lora_adapter(str(tmp_path), prefix="unet")
+    assert unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_v.scaling["default_0"] == 0.5

@@ -141,7 +141,10 @@ class PeftAdapterMixin:
         for key, value in network_alphas.items():  # {"<prefix>.<module>.alpha": alpha}, Diffusers' form
             if prefix is None or key.startswith(prefix + "."):
                 state[key[len(prefix) + 1 :] if prefix else key] = torch_scalar(value)
-        load_lora({"model": self}, state, metadata or file_metadata, adapter_name, "model", prefixed_metadata=False)
+        metadata = metadata or file_metadata
+        if metadata and prefix is not None and any(k.startswith(prefix + ".") for k in metadata):
+            metadata = {k[len(prefix) + 1 :]: v for k, v in metadata.items() if k.startswith(prefix + ".")}
+        load_lora({"model": self}, state, metadata, adapter_name, "model", prefixed_metadata=False)
 
     def save_lora_adapter(
         self,
