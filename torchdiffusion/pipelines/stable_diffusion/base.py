@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ...core.guidance import classifier_free_guidance, rescale_guidance
+from ...image_processor import VaeImageProcessor
 from ...utils.images import check_output_type
 from ...utils.torch_utils import check_generator, randn_tensor
 from ..denoise import (
@@ -84,6 +85,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
     _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _has_mask_processor = False
 
     def __init__(
         self,
@@ -118,6 +120,12 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
             image_encoder=image_encoder,
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
+        # Diffusers' public pre/post-processors (our own steps use image_inputs / utils.images directly).
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        if self._has_mask_processor:
+            self.mask_processor = VaeImageProcessor(
+                vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+            )
 
     # ---- the running call's values (Diffusers-compatible properties; see call.py) ---------------------------
     guidance_scale = call_property("guidance_scale")
