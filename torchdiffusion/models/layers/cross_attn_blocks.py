@@ -151,6 +151,8 @@ class CrossAttnDownBlock2D(_DownStack):
 class CrossAttnUpBlock2D(_UpStack):
     """``num_layers`` x (concat skip -> ResnetBlock2D -> Transformer2DModel), then an optional upsampler."""
 
+    applies_freeu = True
+
     def __init__(
         self,
         in_channels: int,

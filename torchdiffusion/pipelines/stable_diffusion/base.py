@@ -143,6 +143,16 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
         """Whether the running (else the last) call guides: ``guidance_scale`` > 1 and no guidance-distilled UNet."""
         return _guides(self.guidance_scale, self.unet)
 
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU on the UNet (see :meth:`UNet2DConditionModel.enable_freeu`); SD 1.x: 0.9, 0.2, 1.5, 1.6."""
+        if not hasattr(self.unet, "enable_freeu"):
+            raise ValueError(f"the unet ({type(self.unet).__name__}) has no enable_freeu: FreeU is not available")
+        self.unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def disable_freeu(self) -> None:
+        """FreeU off on the UNet."""
+        self.unet.disable_freeu()
+
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path_or_dict: Any, **kwargs: Any):
         """Build the pipeline from one original SD 1.x / 2.x checkpoint (``.safetensors`` or ``.ckpt``); see
