@@ -9,9 +9,6 @@ docs/compatibility.md lists it.
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import pytest
 import torch
 
