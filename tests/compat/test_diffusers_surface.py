@@ -9,6 +9,7 @@ docs/compatibility.md lists it.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -347,3 +348,179 @@ def test_transformer_depth_list_longer_than_the_blocks_is_refused():
         diffusers.UNet2DConditionModel(**UNET_COND_BASE, transformer_layers_per_block=(1, 2, 3))
     with pytest.raises(ValueError, match="transformer_layers_per_block"):
         td.UNet2DConditionModel(**UNET_COND_BASE, transformer_layers_per_block=(1, 2, 3))
+
+
+# ---- Stable Diffusion pipelines: dtype, variants, call properties ------------------------------------------
+
+SD_PIPELINES = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"]
+
+
+def _module_dtypes(pipe) -> dict[str, torch.dtype]:
+    return {k: v.dtype for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(dtype=torch.bfloat16),
+        dict(torch_dtype=torch.bfloat16),
+        dict(dtype={"unet": torch.bfloat16, "default": torch.float16}),
+        dict(torch_dtype={"text_encoder": torch.bfloat16}),
+    ],
+    ids=["dtype", "torch_dtype", "dict_default", "dict_no_default"],
+)
+def test_pipeline_dtype_like_diffusers(tiny_sd_folder, kwargs):
+    """Every weight ends up in the dtype asked for (text encoder included), as in Diffusers."""
+    ours = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, **kwargs)
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, **kwargs)
+    assert _module_dtypes(ours) == _module_dtypes(theirs)
+    for module in ours.components.values():
+        if isinstance(module, torch.nn.Module):
+            assert {p.dtype for p in module.parameters()} == {module.dtype}
+
+
+def test_pipeline_dtype_and_torch_dtype_together(tiny_sd_folder):
+    with pytest.raises(ValueError, match="dtype"):
+        td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype=torch.float16, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype"):
+        diffusers.StableDiffusionPipeline.from_pretrained(
+            tiny_sd_folder, dtype=torch.float16, torch_dtype=torch.bfloat16
+        )
+
+
+def test_dtype_that_is_no_dtype_is_refused(tiny_sd_folder):
+    """Diffusers warns and loads float32 for a dtype that is not a torch.dtype; we refuse it (names of torch
+    dtypes such as "float16" are taken, "auto" loads as Diffusers does) (docs/compatibility.md)."""
+    with pytest.raises(TypeError, match="dtype"):
+        td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype="half-ish")
+    with pytest.raises(TypeError, match="torch_dtype"):
+        td.UNet2DConditionModel.from_pretrained(tiny_sd_folder, subfolder="unet", torch_dtype=16)
+    pipe = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype={"unet": "bfloat16"}, torch_dtype=None)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+
+
+def test_pipeline_variant_saved_for_every_model_and_loaded_both_ways(tiny_sd_folder, tmp_path):
+    pipe = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype=torch.float16)
+    pipe.save_pretrained(tmp_path / "p", variant="fp16")
+    for name, file in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
+        assert (tmp_path / "p" / name / f"{file}.fp16.safetensors").is_file(), name
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "p", variant="fp16")
+    ours = td.StableDiffusionPipeline.from_pretrained(tmp_path / "p", variant="fp16")
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(ours, name).state_dict(), getattr(theirs, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+    back = td.StableDiffusionPipeline.from_pretrained(tmp_path / "p", variant="fp16", dtype=torch.float16)
+    assert set(_module_dtypes(back).values()) == {torch.float16}
+
+
+def test_pipeline_variant_where_only_some_components_have_it(tiny_sd_folder, tmp_path):
+    """Diffusers loads the variant where a component has it and the plain weights elsewhere."""
+    import shutil
+
+    shutil.copytree(tiny_sd_folder, tmp_path / "p")
+    td.UNet2DConditionModel.from_pretrained(tiny_sd_folder, subfolder="unet").half().save_pretrained(
+        tmp_path / "p" / "unet", variant="fp16"
+    )
+    ours = td.StableDiffusionPipeline.from_pretrained(tmp_path / "p", variant="fp16")
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "p", variant="fp16")
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(ours, name).state_dict(), getattr(theirs, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+
+
+def test_missing_pipeline_variant_is_a_value_error(tiny_sd_folder):
+    with pytest.raises(ValueError, match="variant"):
+        diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, variant="fp16")
+    with pytest.raises(ValueError, match="variant='fp16'"):
+        td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, variant="fp16")
+    with pytest.raises(ValueError, match="variant"):
+        td.DiffusionPipeline.from_pretrained(tiny_sd_folder, variant="../x")
+
+
+def test_pipeline_subfolder_components_and_config(tiny_sd_folder):
+    ours = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder)
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_folder)
+    strip = {"_name_or_path", "_use_default_values"}
+    assert {k: v for k, v in ours.config.items() if k not in strip} == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in theirs.config.items() if k not in strip
+    }
+    assert sorted(ours.components) == sorted(theirs.components)
+    for name in ("unet", "vae"):
+        assert public(getattr(ours, name).config) == public(getattr(theirs, name).config)
+    unet = td.UNet2DConditionModel.from_pretrained(tiny_sd_folder, subfolder="unet")
+    assert public(unet.config) == public(theirs.unet.config)
+
+
+PROPERTIES = [
+    "guidance_scale",
+    "guidance_rescale",
+    "clip_skip",
+    "cross_attention_kwargs",
+    "num_timesteps",
+    "do_classifier_free_guidance",
+    "interrupt",
+]
+
+
+def _watch(names: list[str], seen: list):
+    def callback(p, i, t, tensors):
+        seen.append({name: getattr(p, name) for name in names})
+        return tensors
+
+    return callback
+
+
+@pytest.mark.parametrize("name", SD_PIPELINES)
+def test_call_properties_callbacks_read(tiny_sd_folder, name):
+    """What a step callback reads on the pipeline, and what the pipeline shows after the call."""
+    from PIL import Image
+
+    ours = getattr(td, name).from_pretrained(tiny_sd_folder)
+    theirs = getattr(diffusers, name).from_pretrained(tiny_sd_folder)
+    extra = {}
+    if name != "StableDiffusionPipeline":
+        extra["image"] = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
+    if name == "StableDiffusionInpaintPipeline":
+        extra["mask_image"] = Image.fromarray(np.full((64, 64), 255, np.uint8))
+    kwargs = dict(
+        prompt="a cat",
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        guidance_rescale=0.3,
+        cross_attention_kwargs={"scale": 1.0},
+        output_type="latent",
+        **extra,
+    )
+    if name != "StableDiffusionPipeline":
+        kwargs["strength"] = 0.5
+        kwargs.pop("guidance_rescale")  # Diffusers' image-to-image and inpainting do not take it
+    names = [p for p in PROPERTIES if hasattr(type(theirs), p)]  # the properties Diffusers' class has
+    runs = []
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+        seen: list = []
+        pipe(**kwargs, generator=torch.Generator().manual_seed(0), callback_on_step_end=_watch(names, seen))
+        after = {p: getattr(pipe, p) for p in names}
+        runs.append((seen, after))
+    (ours_seen, ours_after), (theirs_seen, theirs_after) = runs
+    assert ours_seen == theirs_seen and len(ours_seen) == ours.num_timesteps > 0
+    assert ours_after == theirs_after
+
+
+@pytest.mark.parametrize("name", ["DDPMPipeline", "DDIMPipeline"])
+def test_unconditional_pipelines_variant_and_dtype_both_ways(name, tmp_path):
+    scheduler = "DDPMScheduler" if name == "DDPMPipeline" else "DDIMScheduler"
+    theirs = getattr(diffusers, name)(unet=_tiny_unet(diffusers), scheduler=getattr(diffusers, scheduler)())
+    theirs.save_pretrained(tmp_path / "theirs", variant="fp16")
+    ours = getattr(td, name).from_pretrained(tmp_path / "theirs", variant="fp16", dtype=torch.float16)
+    assert ours.unet.dtype == torch.float16
+    ours.save_pretrained(tmp_path / "ours", variant="fp16")
+    back = getattr(diffusers, name).from_pretrained(tmp_path / "ours", variant="fp16", dtype=torch.float16)
+    for k, v in ours.unet.state_dict().items():
+        assert torch.equal(back.unet.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="variant"):
+        getattr(td, name).from_pretrained(tmp_path / "ours", variant="bf16")
