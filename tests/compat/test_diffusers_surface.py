@@ -9,6 +9,8 @@ docs/compatibility.md lists it.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -340,6 +342,29 @@ def test_per_layer_transformer_depths_that_diffusers_cannot_build_are_refused():
         td.UNet2DConditionModel(**UNET_COND_BASE, transformer_layers_per_block=((1,), (2, 1)))
 
 
+def test_per_layer_transformer_depths_as_lists_without_reverse():
+    """Diffusers takes per-layer depths without ``reverse_transformer_layers_per_block`` only as tuples (so a
+    config.json it wrote does not load back: JSON gives lists); we take lists too (docs/compatibility.md)."""
+    depths = [[1, 2, 3], [2, 1, 1]]
+    with pytest.raises(ValueError, match="reverse_transformer_layers_per_block"), torch.device("meta"):
+        diffusers.UNet2DConditionModel(**UNET_COND_BASE, transformer_layers_per_block=depths)
+    with torch.device("meta"):
+        ours = td.UNet2DConditionModel(**UNET_COND_BASE, transformer_layers_per_block=depths)
+        theirs = diffusers.UNet2DConditionModel(
+            **UNET_COND_BASE, transformer_layers_per_block=tuple(map(tuple, depths))
+        )
+    assert shapes(ours) == shapes(theirs)
+
+
+def test_use_default_values_keeps_the_constructor_order():
+    """Diffusers lists ``_use_default_values`` in set order (it varies between runs); ours follows the
+    constructor's arguments, so configs compare equal across processes (docs/compatibility.md)."""
+    unet = _tiny_unet()
+    order = list(inspect.signature(td.UNet2DModel.__init__).parameters)
+    defaulted = unet.config["_use_default_values"]
+    assert defaulted == sorted(defaulted, key=order.index)
+
+
 def test_transformer_depth_list_longer_than_the_blocks_is_refused():
     """One entry per block: Diffusers builds a longer list, but its mid block takes the *last* entry and the up
     blocks the reversed list from the end, so the extra entries land in the wrong blocks. We refuse it
@@ -377,6 +402,16 @@ def test_pipeline_dtype_like_diffusers(tiny_sd_folder, kwargs):
     for module in ours.components.values():
         if isinstance(module, torch.nn.Module):
             assert {p.dtype for p in module.parameters()} == {module.dtype}
+
+
+def test_torch_dtype_is_a_plain_alias_and_stray_dict_keys_warn(tiny_sd_folder, recwarn):
+    """Diffusers 0.42 deprecates ``torch_dtype`` (FutureWarning) and ignores ``dtype`` keys that name no component;
+    we take ``torch_dtype`` silently (it is in most tutorials) and warn about the stray key (docs/compatibility.md)."""
+    td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, torch_dtype=torch.float16)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    with pytest.warns(UserWarning, match="transformer"):
+        pipe = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype={"transformer": torch.float16})
+    assert pipe.unet.dtype == torch.float32
 
 
 def test_pipeline_dtype_and_torch_dtype_together(tiny_sd_folder):

@@ -118,6 +118,16 @@ def test_pil_output_clips_out_of_range_values():
     assert np.asarray(im).tolist() == [[[255, 0, 128]]]
 
 
+def test_inputs_diffusers_cannot_read():
+    """A 2-D tensor (H, W) is one grayscale image (Diffusers reads H as the channels) and uint8 tensors are scaled
+    by 1/255 (Diffusers normalizes 0..255 to -1..509) (docs/compatibility.md)."""
+    p = VaeImageProcessor(do_normalize=False)
+    gray = torch.rand(16, 24)
+    assert torch.equal(p.preprocess(gray), gray[None, None])
+    ramp = torch.arange(0, 256, 17, dtype=torch.uint8).repeat(3, 16, 1)  # (3, 16, 16)
+    torch.testing.assert_close(p.preprocess(ramp), ramp[None].float() / 255)
+
+
 def test_static_conversions_match():
     rgb = _rgb(9, 11)
     images = [Image.fromarray(rgb), Image.fromarray(rgb[::-1].copy())]
