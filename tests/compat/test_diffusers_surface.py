@@ -559,3 +559,16 @@ def test_unconditional_pipelines_variant_and_dtype_both_ways(name, tmp_path):
         assert torch.equal(back.unet.state_dict()[k], v), k
     with pytest.raises(ValueError, match="variant"):
         getattr(td, name).from_pretrained(tmp_path / "ours", variant="bf16")
+
+
+def test_safety_checker_takes_dtype_and_variant(tmp_path):
+    from tests.sd_fixtures import save_tiny_sd_with_checker
+
+    folder = save_tiny_sd_with_checker(tmp_path / "sd")
+    pipe = td.StableDiffusionPipeline.from_pretrained(folder, dtype={"safety_checker": torch.float16})
+    assert pipe.safety_checker.dtype == torch.float16 and pipe.unet.dtype == torch.float32
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert (tmp_path / "fp16" / "safety_checker" / "model.fp16.safetensors").is_file()
+    ours = td.StableDiffusionPipeline.from_pretrained(tmp_path / "fp16", variant="fp16", dtype=torch.float16)
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "fp16", variant="fp16", dtype=torch.float16)
+    assert ours.safety_checker.dtype == theirs.safety_checker.dtype == torch.float16

@@ -172,6 +172,12 @@ def test_crop_region_resize_and_overlay_match():
     assert (h, w) == theirs.get_default_height_width(pil) == (24, 48)
 
 
+def test_import_paths_match_diffusers():
+    import torchdiffusion
+
+    assert torchdiffusion.VaeImageProcessor is VaeImageProcessor  # as diffusers.VaeImageProcessor
+
+
 def test_config_matches_diffusers():
     for kw in SETTINGS:
         ours, theirs = _pair(**kw)

@@ -79,7 +79,9 @@ def component_kind(entry: Any, lookup: Callable[[str], type | None]) -> str | No
     library, class_name = entry
     if library in OUR_LIBRARIES:
         cls = lookup(class_name)
-        return "diffusers" if cls is not None and issubclass(cls, ModelMixin) else None
+        if cls is None or not issubclass(cls, ModelMixin):
+            return None
+        return getattr(cls, "_weights_layout", "diffusers")
     if library == "transformers" and class_name in TRANSFORMERS_ALLOWED:
         return "transformers" if "Model" in class_name else None
     return None
