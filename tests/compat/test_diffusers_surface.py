@@ -284,13 +284,32 @@ def test_model_variant_and_subfolder(unet_folder):
         td.UNet2DModel.from_pretrained(unet_folder, subfolder="unet", variant="bf16")
 
 
-def test_model_saved_by_us_with_variant_loads_in_diffusers(tmp_path):
-    unet = _tiny_unet()
-    unet.save_pretrained(tmp_path / "unet", variant="fp16")
-    assert (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
-    theirs = diffusers.UNet2DModel.from_pretrained(tmp_path, subfolder="unet", variant="fp16")
-    for k, v in unet.state_dict().items():
-        assert torch.equal(theirs.state_dict()[k], v), k
+TINY_MODELS = {
+    "UNet2DModel": dict(UNET2D_BASE, sample_size=8),
+    "UNet2DConditionModel": dict(UNET_COND_BASE, sample_size=8),
+    "AutoencoderKL": dict(VAE_BASE, sample_size=16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_models_saved_with_variant_and_dtype_load_both_ways(name, tmp_path):
+    torch.manual_seed(0)
+    ours = getattr(td, name)(**TINY_MODELS[name])
+    ours.save_pretrained(tmp_path / "ours" / "sub", variant="fp16")
+    assert (tmp_path / "ours" / "sub" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    theirs = getattr(diffusers, name).from_pretrained(
+        tmp_path / "ours", subfolder="sub", variant="fp16", dtype=torch.bfloat16
+    )
+    assert theirs.dtype == torch.bfloat16
+    for k, v in ours.state_dict().items():
+        assert torch.equal(theirs.state_dict()[k], v.to(torch.bfloat16)), k
+    theirs.save_pretrained(tmp_path / "theirs", variant="bf16")
+    back = getattr(td, name).from_pretrained(tmp_path / "theirs", variant="bf16", torch_dtype=torch.float16)
+    assert back.dtype == torch.float16
+    assert {p.dtype for p in back.parameters()} == {torch.float16}
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v.to(torch.float16)), k
+    assert public(back.config) == public(theirs.config)
 
 
 # ---- pipelines --------------------------------------------------------------------------------------------
@@ -378,6 +397,23 @@ def test_transformer_depth_list_longer_than_the_blocks_is_refused():
 # ---- Stable Diffusion pipelines: dtype, variants, call properties ------------------------------------------
 
 SD_PIPELINES = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"]
+
+
+@pytest.mark.parametrize("name", SD_PIPELINES)
+def test_sd_pipelines_build_like_diffusers(name, tmp_path):
+    """Built from components with the documented arguments: the same config and component names."""
+    from tests.sd_fixtures import tiny_sd_components
+
+    for extra in ({}, {"requires_safety_checker": False}):
+        ours = getattr(td, name)(**tiny_sd_components(td, tmp_path / "tok"), **extra)
+        theirs = getattr(diffusers, name)(**tiny_sd_components(diffusers, tmp_path / "tok"), **extra)
+        assert dict(ours.config) == {k: tuple(v) if isinstance(v, list) else v for k, v in theirs.config.items()}
+        assert sorted(ours.components) == sorted(theirs.components)
+        assert ours.vae_scale_factor == theirs.vae_scale_factor
+        assert public(ours.image_processor.config) == public(theirs.image_processor.config)
+        if hasattr(theirs, "mask_processor"):
+            assert public(ours.mask_processor.config) == public(theirs.mask_processor.config)
+        assert list(ours._callback_tensor_inputs) == list(theirs._callback_tensor_inputs)
 
 
 def _module_dtypes(pipe) -> dict[str, torch.dtype]:
