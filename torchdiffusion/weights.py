@@ -155,25 +155,14 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 # ---- the loader ModelMixin.from_pretrained uses ------------------------------------------------------------
 
-# dtype names accepted as strings (transformers' spelling); "auto" means "no cast" (Diffusers loads in float32).
-_DTYPE_NAMES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-
-
 def _one_dtype(value: Any, name: str) -> torch.dtype | None:
+    """A torch.dtype, or None for None and "auto" (transformers' "as stored"; Diffusers loads it as float32, as
+    we do). Anything else would be silently replaced by float32 in Diffusers: a ``TypeError`` here."""
     if value is None or isinstance(value, torch.dtype):
         return value
     if value == "auto":
         return None
-    if isinstance(value, str) and value in _DTYPE_NAMES:
-        return _DTYPE_NAMES[value]
-    raise TypeError(
-        f"{name} must be a torch.dtype such as torch.float16 (or one of {sorted(_DTYPE_NAMES)}), got {value!r}"
-    )
+    raise TypeError(f"{name} must be a torch.dtype such as torch.float16 (or None / 'auto'), got {value!r}")
 
 
 def resolve_dtype(dtype: Any = None, torch_dtype: Any = None, allow_dict: bool = False) -> Any:

@@ -460,14 +460,17 @@ def test_pipeline_dtype_and_torch_dtype_together(tiny_sd_folder):
 
 
 def test_dtype_that_is_no_dtype_is_refused(tiny_sd_folder):
-    """Diffusers warns and loads float32 for a dtype that is not a torch.dtype; we refuse it (names of torch
-    dtypes such as "float16" are taken, "auto" loads as Diffusers does) (docs/compatibility.md)."""
+    """Diffusers warns and loads float32 for a dtype that is not a torch.dtype; we refuse it ("auto" loads as
+    Diffusers does) (docs/compatibility.md)."""
     with pytest.raises(TypeError, match="dtype"):
-        td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype="half-ish")
+        td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype="float16")
     with pytest.raises(TypeError, match="torch_dtype"):
         td.UNet2DConditionModel.from_pretrained(tiny_sd_folder, subfolder="unet", torch_dtype=16)
-    pipe = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype={"unet": "bfloat16"}, torch_dtype=None)
-    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    with pytest.raises(TypeError, match="dtype\\['unet'\\]"):
+        td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype={"unet": "bf16"})
+    pipe = td.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype="auto")
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, dtype="auto")
+    assert _module_dtypes(pipe) == _module_dtypes(theirs)
 
 
 def test_pipeline_variant_saved_for_every_model_and_loaded_both_ways(tiny_sd_folder, tmp_path):
