@@ -28,7 +28,8 @@ class StableDiffusionPipelineOutput(BaseOutput):
 
 def _sample_latents(encoded: Any, generator: Any) -> torch.Tensor:
     """Latents from a VAE's ``encode`` output: a sample of ``latent_dist`` (AutoencoderKL), else ``latents``
-    (AutoencoderTiny-style VAEs, which encode deterministically); a tuple's first item is taken as either."""
+    (AutoencoderTiny-style VAEs, which encode deterministically), or the latents tensor itself; of a tuple
+    (``return_dict=False`` style) its first item."""
     if isinstance(encoded, tuple):
         encoded = encoded[0]
     if hasattr(encoded, "latent_dist"):
