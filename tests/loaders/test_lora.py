@@ -295,6 +295,10 @@ def test_bad_shape_or_key_changes_nothing(tok):
              "lora_unet_down_blocks_0_nothing.lora_up.weight": torch.zeros(8, 4)}
     with pytest.raises(ValueError, match="lora_unet_down_blocks_0_nothing"):
         pipe.load_lora_weights(kohya, adapter_name="new")
+    dora = dict(lora)
+    dora["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.dora_scale"] = torch.ones(1, 8)
+    with pytest.raises(ValueError, match="dora_scale"):
+        pipe.load_lora_weights(dora, adapter_name="new")
     with pytest.raises(ValueError, match="adapter_name"):
         pipe.load_lora_weights(lora, adapter_name="style")  # in use
     _assert_unchanged(pipe, before)
