@@ -428,7 +428,12 @@ def multistep_schedule(
         s = ve / (ve + 1)
         ts, last = s * T, (s[-1] if final_min else 0.0)
     elif flow:
-        base = np.asarray(sigmas, dtype=np.float64) if sigmas is not None else np.linspace(1, 1 / T, n + 1)[:-1]
+        if sigmas is not None:
+            base = np.asarray(sigmas, dtype=np.float64)
+        elif style == "unipc":
+            base = np.linspace(1, 1 / T, n + 1)[:-1]
+        else:  # Diffusers' DPM-Solver and DEIS: 1 - linspace(1, 1/T) reversed, so the grid starts at 1 - 1/T
+            base = (1.0 - np.linspace(1, 1 / T, n + 1))[::-1][:-1]
         if config.get("use_dynamic_shifting", False):
             if mu is None:
                 raise ValueError("use_dynamic_shifting=True needs set_timesteps(..., mu=...)")

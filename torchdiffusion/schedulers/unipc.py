@@ -25,7 +25,6 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     _compatibles = KARRAS_COMPATIBLES
     order = 1
     _style = "unipc"
-    ignore_for_config = ["solver_p"]
 
     @register_to_config
     def __init__(
