@@ -81,7 +81,3 @@ class UNetFeatureCache:
         """How many skip tensors the live up blocks consume (the first ones the down path produces)."""
         return sum(len(block.resnets) for block in unet.up_blocks[len(unet.up_blocks) - self.depth :])
 
-
-def cache_from_call(cache_interval: int | None, cache_depth: int) -> UNetFeatureCache | None:
-    """A fresh cache for one sampling call, or None when ``cache_interval`` is None (caching off)."""
-    return None if cache_interval is None else UNetFeatureCache(cache_interval, cache_depth)

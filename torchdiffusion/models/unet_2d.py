@@ -15,12 +15,12 @@ from torch import nn
 
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
+from .feature_cache import UNetFeatureCache
 from .layers.activations import ACTIVATIONS
 from .layers.blocks_common import score_sde_groups
 from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
 from .layers.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
-from .feature_cache import UNetFeatureCache
 from .modeling import ModelMixin
 
 DOWN_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D", "SkipDownBlock2D", "AttnSkipDownBlock2D")

@@ -16,10 +16,10 @@ from torch import nn
 
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
+from .feature_cache import UNetFeatureCache
 from .layers.activations import get_activation
 from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import TimestepEmbedding, Timesteps
-from .feature_cache import UNetFeatureCache
 from .modeling import ModelMixin
 from .unet_condition_config import (
     build_class_embedding,
