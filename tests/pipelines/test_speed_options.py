@@ -122,7 +122,8 @@ def test_guidance_end_halves_the_batch_and_equals_the_callback_forms(parts):
         diffusers.callbacks.SDCFGCutoffCallback(cutoff_step_ratio=0.5),
     ):
         assert np.array_equal(run(pipe, callback_on_step_end=callback), ours)
-    assert np.array_equal(run(pipe, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=3)), ours)
+    by_index = SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=3)
+    assert np.array_equal(run(pipe, callback_on_step_end=by_index), ours)
     assert np.array_equal(run(pipe, guidance_end=1.0), run(pipe))
     assert not np.array_equal(ours, run(pipe))
 

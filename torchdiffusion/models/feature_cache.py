@@ -80,4 +80,3 @@ class UNetFeatureCache:
     def skips_needed(self, unet: nn.Module) -> int:
         """How many skip tensors the live up blocks consume (the first ones the down path produces)."""
         return sum(len(block.resnets) for block in unet.up_blocks[len(unet.up_blocks) - self.depth :])
-

@@ -52,9 +52,7 @@ def last_guided_step(num_steps: int, guidance_end: float) -> int:
     return int(num_steps * guidance_end)
 
 
-def conditional_rows(
-    tensor: torch.Tensor, rows: int, guided: torch.Tensor | None = None
-) -> torch.Tensor:
+def conditional_rows(tensor: torch.Tensor, rows: int, guided: torch.Tensor | None = None) -> torch.Tensor:
     """``tensor`` for a step without guidance on ``rows`` samples: the conditional (second) half of a doubled
     ``[unconditional, conditional]`` batch, or ``tensor`` itself when it already has ``rows`` rows.
 
