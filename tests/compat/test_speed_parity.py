@@ -144,3 +144,18 @@ def test_cfg_cutoff_same_images_as_diffusers(tiny_sd_folder, ratio):
         assert np.abs(got - reference).max() <= TOL
         assert not np.array_equal(got, plain)  # guidance really stopped early
     assert np.array_equal(_images(ours, num_inference_steps=6), plain)  # the pipeline is unchanged for others
+
+
+def test_pipeline_folder_with_autoencoder_tiny_both_ways(tiny_sd_folder, tmp_path):
+    theirs, ours = _pipes("StableDiffusionPipeline", tiny_sd_folder, _taesd_pair(seed=10))
+    theirs.save_pretrained(tmp_path / "theirs")
+    loaded = td.DiffusionPipeline.from_pretrained(tmp_path / "theirs")  # the allow-list takes AutoencoderTiny
+    assert type(loaded.vae) is td.AutoencoderTiny
+    ours.save_pretrained(tmp_path / "ours")
+    back = diffusers.StableDiffusionPipeline.from_pretrained(tmp_path / "ours")
+    assert type(back.vae).__name__ == "AutoencoderTiny"
+    loaded.set_progress_bar_config(disable=True)
+    back.set_progress_bar_config(disable=True)
+    expected = _images(theirs)
+    assert np.abs(_images(loaded) - expected).max() <= TOL
+    assert np.abs(_images(back) - expected).max() <= TOL
