@@ -301,3 +301,40 @@ def test_unconditional_threads_with_different_cache_settings():
         t.join()
     for i in range(len(settings)):
         np.testing.assert_allclose(results[i], expected[i], atol=1e-4)
+
+
+def _class_conditional():
+    torch.manual_seed(0)
+    unet = td.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+        norm_num_groups=4, num_class_embeds=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ).eval()  # fmt: skip
+    p = td.ClassConditionalPipeline(unet=unet, scheduler=td.DDIMScheduler(num_train_timesteps=50), null_class_label=3)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_class_conditional_cache_and_guidance_end():
+    pipe = _class_conditional()
+
+    def images(**kwargs):
+        return pipe([0, 2], guidance_scale=3.0, generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                    num_inference_steps=6, output_type="np", **kwargs).images  # fmt: skip
+
+    spy = _UNetSpy(pipe.unet)
+    try:
+        off = images()
+        assert np.array_equal(images(cache_interval=1, cache_depth=2), off)
+        spy.batches.clear()
+        cut = images(guidance_end=0.5)
+        assert spy.batches == [4] * 4 + [2] * 2  # guided steps 0 .. int(6 * 0.5) = 3
+        spy.full.clear()
+        both = images(guidance_end=0.5, cache_interval=2)
+        assert spy.full == [1, 0, 1, 0, 1, 0]
+    finally:
+        spy.remove()
+    assert not np.array_equal(cut, off) and np.isfinite(both).all()
+    for kwargs, name in ((dict(guidance_end=0), "guidance_end"), (dict(cache_interval=0), "cache_interval")):
+        with pytest.raises(ValueError, match=name):
+            images(**kwargs)
