@@ -49,8 +49,15 @@ def _calls(model):
     return call, torch.randn(2, 3, 16, 16)
 
 
+def _cond_unet_freeu() -> UNet2DConditionModel:
+    unet = _cond_unet()
+    unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)  # FreeU scales up-block inputs: the cache keeps copies
+    return unet
+
+
 MODELS = {
     "cond": _cond_unet,
+    "cond_freeu": _cond_unet_freeu,
     "unet2d": lambda: _unet2d(**TINY_2D),
     "skip_blocks": lambda: _unet2d(**SKIP_2D),
 }
