@@ -4,7 +4,7 @@ all combined, timed end to end (prompt encoding, classifier-free-guided denoisin
 Random weights in the real SD 1.5 layout (UNet widths 320/640/1280/1280, cross-attention 768, a 4-level VAE;
 a narrow 2-layer CLIP text encoder, the same for both libraries), saved once with Diffusers and loaded by both.
 Default: 512 x 512 (latent 64), 20 PNDM steps, guidance 7.5. Variants, timed round-robin in one run so machine
-noise hits all alike (the first round warms up and is not counted):
+noise hits all alike (after a 1-step warm-up call of each, not counted):
 
     diffusers      Diffusers' StableDiffusionPipeline at its defaults
     ours           ours at defaults (same arguments)
@@ -15,7 +15,7 @@ noise hits all alike (the first round warms up and is not counted):
 
 Prints median seconds per image and the ratios to Diffusers and to ours at defaults.
 
-    python benchmarks/fast_sampling.py [--size 64] [--steps 20] [--runs 3] [--threads 2]
+    python benchmarks/fast_sampling.py [--size 64] [--steps 20] [--runs 2] [--threads 2]
         [--cache-interval 3] [--cache-depth 1] [--guidance-end 0.5] [--widths 320,640,1280,1280]
         [--vae-widths 128,256,512,512]
 """
@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="latent size (64: 512 x 512 images)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2, help="timed rounds (each runs every variant once)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--cache-interval", type=int, default=3)
@@ -117,13 +117,14 @@ def main() -> None:
         f"UNet widths {widths}; cache {cache}, {guidance}"
     )
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for run in range(args.runs + 1):
+    for run in range(args.runs + 1):  # round 0: a 1-step warm-up call of each variant
         for name, (pipe, options) in variants.items():
             start = time.perf_counter()
             with torch.no_grad():
                 pipe(
-                    "a photo of the cat", num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                    generator=torch.Generator().manual_seed(0), output_type="np", **options,
+                    "a photo of the cat", num_inference_steps=args.steps if run else 1,
+                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(0), output_type="np",
+                    **options,
                 )  # fmt: skip
             if run:
                 times[name].append(time.perf_counter() - start)
