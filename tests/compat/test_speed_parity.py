@@ -159,3 +159,27 @@ def test_pipeline_folder_with_autoencoder_tiny_both_ways(tiny_sd_folder, tmp_pat
     expected = _images(theirs)
     assert np.abs(_images(loaded) - expected).max() <= TOL
     assert np.abs(_images(back) - expected).max() <= TOL
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(in_channels=1, out_channels=1),
+        dict(act_fn="silu"),
+        dict(upsample_fn="bilinear"),
+        dict(latent_channels=16),
+        dict(upsampling_scaling_factor=3),
+        dict(num_encoder_blocks=(1, 2, 2, 2), num_decoder_blocks=(2, 2, 2, 1)),
+        dict(encoder_block_out_channels=(32,) * 3, num_encoder_blocks=(1, 1, 1),
+             decoder_block_out_channels=(48,) * 3, num_decoder_blocks=(1, 1, 1)),
+        dict(latent_magnitude=2, latent_shift=0.25, scaling_factor=0.5, shift_factor=0.1, force_upcast=True),
+    ],
+)  # fmt: skip
+def test_autoencoder_tiny_builds_like_diffusers(kwargs):
+    """Same arguments -> the same config and the same parameter names and shapes (defaults and every argument)."""
+    theirs, ours = diffusers.AutoencoderTiny(**kwargs), td.AutoencoderTiny(**kwargs)
+    assert {k: v for k, v in ours.config.items() if not k.startswith("_")} == {
+        k: v for k, v in theirs.config.items() if not k.startswith("_")
+    }
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
