@@ -36,9 +36,15 @@ def loop(s, x, timesteps=None, first=None, **kw):
 
 
 # ---- item 3: integer timesteps on float grids -------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "name", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler"]
-)
+TWO_STAGE_AND_LMS = [
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+]
+
+
+@pytest.mark.parametrize("name", TWO_STAGE_AND_LMS)
 def test_integer_timestep_on_a_float_grid(name):
     """``step(out, 999, x)`` and ``scale_model_input(x, 999)`` where the schedule holds ``999.0``: as Diffusers."""
     d, o = pair(name)
@@ -110,9 +116,7 @@ def test_unipc_flow_sigmas_with_karras_spacing(final_sigmas_type):
     assert torch.allclose(loop(o, x), loop(d, x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"]
-)
+@pytest.mark.parametrize("name", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"])
 def test_trained_betas_shorter_than_num_train_timesteps_builds(name):
     """Diffusers builds these (and keeps both keys in the config); so do we, with Diffusers' betas and table. The
     grid then spans the given table (docs/compatibility.md: Diffusers spans num_train_timesteps and clamps)."""
@@ -126,8 +130,12 @@ def test_trained_betas_shorter_than_num_train_timesteps_builds(name):
 
 @pytest.mark.parametrize(
     "config",
-    [{}, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {"beta_schedule": "sigmoid"},
-     {"variance_type": "fixed_large", "prediction_type": "v_prediction"}],
+    [
+        {},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "sigmoid"},
+        {"variance_type": "fixed_large", "prediction_type": "v_prediction"},
+    ],
 )
 def test_ddpm_full_loop_in_diffusers_float32(config):
     """1000 DDPM steps: Diffusers computes betas (float32 linspace) and each step's coefficients in float32."""
@@ -219,3 +227,12 @@ def test_float_timestep_on_an_integer_grid_accepted():
     assert torch.allclose(o.step(x, float(t), x).prev_sample, d.step(x, t, x).prev_sample)
     with pytest.raises(TypeError, match="timestep"):
         o.step(x, t + 0.5, x)
+
+
+@pytest.mark.parametrize("name", ["KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"])
+def test_kdpm2_sigma_grid_timesteps_are_float32(name):
+    d, o = pair(name, use_karras_sigmas=True)
+    for s in (d, o):
+        s.set_timesteps(4)
+    assert d.timesteps.dtype == torch.float64 and o.timesteps.dtype == torch.float32
+    assert torch.allclose(o.timesteps.double(), d.timesteps, atol=1e-3)

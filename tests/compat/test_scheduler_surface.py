@@ -239,8 +239,13 @@ def test_set_timesteps_variants(name):
     if "timesteps" in params:
         customs.append({"timesteps": [999, 700, 400, 100] if not _flow(name) else [1000.0, 700.0, 400.0, 100.0]})
     if "sigmas" in params:
-        customs.append({"sigmas": [1.0, 0.7, 0.4, 0.1] if _flow(name) or d.config.get("use_flow_sigmas") else
-                        [14.0, 5.0, 1.0, 0.1]})
+        customs.append(
+            {
+                "sigmas": [1.0, 0.7, 0.4, 0.1]
+                if _flow(name) or d.config.get("use_flow_sigmas")
+                else [14.0, 5.0, 1.0, 0.1]
+            }
+        )
     for kwargs in customs:
         try:
             d.set_timesteps(**kwargs)
@@ -330,7 +335,7 @@ def test_step_index_and_begin_index(name):
     results = []
     for s in (d, o):
         y = x
-        for t in s.timesteps[2 * s.order if name.startswith(("Heun", "KDPM2")) else 2:]:
+        for t in s.timesteps[2 * s.order if name.startswith(("Heun", "KDPM2")) else 2 :]:
             y = s.step(model(scale(s, y, t), t), t, y, **step_kwargs(s)).prev_sample
         results.append((y, s.step_index))
     (yd, id_), (yo, io) = results
