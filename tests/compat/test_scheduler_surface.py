@@ -363,3 +363,28 @@ def test_step_index_and_begin_index(name):
     (yd, id_), (yo, io) = results
     assert io == id_
     assert close(yo, yd)
+
+
+POSITIONAL_EXCEPTIONS = {
+    ("PNDMScheduler", "scale_model_input"): "Diffusers: (sample, *args, **kwargs)",
+    ("EDMDPMSolverMultistepScheduler", "step"): "shares DPM-Solver's step: variance_noise before return_dict",
+    ("FlowMatchEulerDiscreteScheduler", "step"): "per_token_timesteps (before return_dict) is not implemented",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_positional_arguments_in_diffusers_order(name):
+    """Diffusers' positional parameters of ``set_timesteps``/``step`` come first and in its order (ours may add
+    keyword extras after them), so positional calls mean the same."""
+    for method in ("set_timesteps", "step", "scale_model_input", "add_noise"):
+        if not hasattr(getattr(diffusers, name), method) or not hasattr(getattr(td, name), method):
+            continue
+        theirs = [
+            k
+            for k, p in inspect.signature(getattr(getattr(diffusers, name), method)).parameters.items()
+            if p.kind is p.POSITIONAL_OR_KEYWORD
+        ]
+        ours = list(inspect.signature(getattr(getattr(td, name), method)).parameters)
+        if (name, method) in POSITIONAL_EXCEPTIONS:
+            continue
+        assert ours[: len(theirs)] == theirs, method
