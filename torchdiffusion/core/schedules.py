@@ -148,7 +148,8 @@ class TrainedSchedule:
     because those rounded values *are* the noise levels a Diffusers-trained model learned: ``1 - alpha_bar`` at
     small t keeps only a few float32 digits, and recomputing it more precisely would move the noise levels the
     model expects (by up to 1e-3 relative). Everything derived from the table is computed in float64 from these
-    values, except where noted (the multistep schedulers' float32 sigmas, as Diffusers computes them).
+    values, except where noted (the multistep schedulers' float32 sigmas and DDPM's float32 step, as Diffusers
+    computes them).
 
     Attributes (all shape ``(T,)``): ``betas``, ``alphas``, ``alphas_cumprod`` (float32, as Diffusers exposes them;
     float32 also avoids silently promoting users' tensors to float64) and ``betas64``, ``alphas_cumprod64``.
