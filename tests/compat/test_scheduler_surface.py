@@ -148,6 +148,9 @@ DIFFERENT_NUMBERS = {
 }
 
 
+NONE_OR_INFINITE_DEFAULTS = {"shift_terminal": 0.5, "sigma_min": 0.1, "sigma_max": 10.0, "lambda_min_clipped": -5.1}
+
+
 def _alternative(name: str, arg: str, default):
     """A non-default value for ``arg`` of scheduler ``name`` (``None``: nothing sensible to try)."""
     if arg == "trained_betas":
@@ -158,10 +161,10 @@ def _alternative(name: str, arg: str, default):
         return [v for v in STRING_ALTERNATIVES[arg] if v != default]
     if isinstance(default, int):
         return {"num_train_timesteps": 500, "solver_order": 3, "original_inference_steps": 40}.get(arg, default + 1)
+    if arg in NONE_OR_INFINITE_DEFAULTS:
+        return NONE_OR_INFINITE_DEFAULTS[arg]
     if isinstance(default, float):
         return default * 0.5 if math.isfinite(default) and default != 0 else None
-    if arg == "shift_terminal":
-        return 0.5
     if isinstance(default, list):
         return [0]
     return None
