@@ -253,3 +253,26 @@ def test_pndm_v_prediction_converted_per_model_call():
         ours = (final(td.PNDMScheduler(**kw), n) - reference).abs().max()
         theirs = (final(diffusers.PNDMScheduler(**kw), n) - reference).abs().max()
         assert ours < theirs / 5
+
+
+@pytest.mark.parametrize("name", ["LCMScheduler", "DDIMScheduler"])
+def test_x0_from_noise_prediction_floors_alpha_bar(name):
+    """At t = 999 of the cosine schedule alpha_bar is 2.4e-9: Diffusers divides by its square root (5e-5), so an
+    epsilon model's small error becomes a huge x0; here alpha_bar is floored at 2**-24 (the floor Diffusers' own
+    Euler/DPM schedulers use for zero terminal SNR) before dividing. LCM and TCD share the rule."""
+    d, o = pair(name, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    assert float(o.alphas_cumprod[999]) < 2**-24
+    for s in (d, o):
+        s.set_timesteps(4)
+    x = noise()
+    out = x + 0.01  # an epsilon prediction that is slightly off
+
+    def x0(s):
+        kw = {} if name == "DDIMScheduler" else {"generator": torch.Generator().manual_seed(0)}
+        result = s.step(out, 999, x, **kw)
+        return result.pred_original_sample if name == "DDIMScheduler" else result.denoised
+
+    x0_d, x0_o = x0(d), x0(o)
+    expected_o = (x - (1 - 2**-24) ** 0.5 * out) / 2**-12
+    assert torch.allclose(x0_o, expected_o, rtol=1e-3, atol=1e-2)
+    assert x0_d.abs().max() > 4 * x0_o.abs().max()
