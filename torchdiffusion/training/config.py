@@ -12,6 +12,7 @@ from .losses import LOSS_WEIGHTINGS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+REPORT_TO = (None, "tensorboard", "wandb")
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainingConfig:
     hub_model_id: str | None = None  # default: the output folder's name
     hub_private_repo: bool | None = None
     hub_token: str | None = None
+    report_to: str | None = None  # "tensorboard" or "wandb": accelerate's tracker (the package must be installed)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,6 +141,7 @@ class TrainingConfig:
         choice("mixed_precision", MIXED_PRECISION)
         choice("lr_schedule", LR_SCHEDULES)
         choice("loss_weighting", LOSS_WEIGHTINGS)
+        choice("report_to", REPORT_TO)
         if self.prediction_type is not None:
             choice("prediction_type", PREDICTION_TYPES)
         if self.resume_from_checkpoint is not None and not isinstance(self.resume_from_checkpoint, str):

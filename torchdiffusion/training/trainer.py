@@ -105,7 +105,7 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        self.accelerator = acc = make_accelerator(cfg.mixed_precision)
+        self.accelerator = acc = make_accelerator(cfg.mixed_precision, cfg.report_to, cfg.output_dir)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         model = self.model.to(acc.device)
         if cfg.channels_last:
@@ -330,6 +330,9 @@ class Trainer:
             return tqdm(total=cfg.max_steps, initial=self.step, disable=not show_bar, desc="training", unit="step",
                         dynamic_ncols=True)  # fmt: skip
 
+        if cfg.report_to:
+            scalars = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers("torchdiffusion-train", config=scalars)
         history: list[dict] = []
         started = last_time = time.time()
         last_step = self.step
@@ -360,6 +363,8 @@ class Trainer:
                     "epoch": round(self.plan.epoch_of(step * accum), 2),
                 }
                 history.append(entry)
+                if cfg.report_to:
+                    acc.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
                 if self.is_main and (step % (cfg.log_steps * 10) == 0 or step == cfg.max_steps):
                     self._write_log(history, started)
@@ -379,5 +384,7 @@ class Trainer:
             path = self.save_pipeline()
             if cfg.push_to_hub:
                 self.push_to_hub()
+        if cfg.report_to:
+            acc.end_training()
         acc.wait_for_everyone()
         return TrainingResult(self.output_dir, self.step, list(self.losses), path)
