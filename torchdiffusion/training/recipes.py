@@ -142,7 +142,7 @@ def train_text_to_image(
     from .trainer import Trainer
 
     config = TrainingConfig(**{**TEXT_TO_IMAGE_DEFAULTS, **options})
-    task = TextToImageTask(pretrained, lora_rank, lora_alpha, text_encoder_lora, cache_latents)
+    task = TextToImageTask(pretrained, lora_rank, lora_alpha, text_encoder_lora, cache_latents, config.seed)
     if resolution is None:
         factor = 2 ** (len(task.vae.config.block_out_channels) - 1)
         resolution = int(task.base.unet.config.sample_size) * factor

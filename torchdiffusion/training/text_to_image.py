@@ -74,6 +74,7 @@ class TextToImageTask:
     (``lora_alpha``: default the rank) and trains only them. ``text_encoder_lora``: adapters on the text encoder
     too (its embeddings are then computed every step). ``cache_latents``: None caches latent distributions and
     caption embeddings when valid (frozen text encoder, no random crop/flip), True insists, False never caches.
+    ``seed``: the adapters' random initial weights (use the run's seed).
     """
 
     latent = True
@@ -85,6 +86,7 @@ class TextToImageTask:
         lora_alpha: float | None = None,
         text_encoder_lora: bool = False,
         cache_latents: bool | None = None,
+        seed: int = 0,
     ) -> None:
         _check_positive(lora_rank, "lora_rank")
         _check_positive(lora_alpha, "lora_alpha", float)
@@ -116,11 +118,13 @@ class TextToImageTask:
             from ..loaders import peft_utils
 
             unet.requires_grad_(False)
-            unet.add_adapter(_lora_config(lora_rank, lora_alpha, UNET_LORA_TARGETS))
-            if text_encoder_lora:
-                peft_utils.inject(self.text_encoder, _lora_config(lora_rank, lora_alpha, TEXT_ENCODER_LORA_TARGETS),
-                                  "default")  # fmt: skip
-                self.text_encoder.train()
+            with torch.random.fork_rng(devices=[]):  # peft draws the initial lora_A from the global generator
+                torch.manual_seed(seed)
+                unet.add_adapter(_lora_config(lora_rank, lora_alpha, UNET_LORA_TARGETS))
+                if text_encoder_lora:
+                    config = _lora_config(lora_rank, lora_alpha, TEXT_ENCODER_LORA_TARGETS)
+                    peft_utils.inject(self.text_encoder, config, "default")
+                    self.text_encoder.train()
         else:
             unet.requires_grad_(True)
         self.supports_ema = lora_rank is None
