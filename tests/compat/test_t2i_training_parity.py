@@ -106,3 +106,29 @@ def test_lora_step_matches_the_tutorials_loop_with_peft(tiny_sd_folder, data):
     ref = _diffusers_step(tiny_sd_folder, batch, unet)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
     _assert_close_grads({n: p.grad for n, p in ours_lora.items()}, {n: p.grad for n, p in theirs_lora.items()})
+
+
+def test_our_trained_lora_file_loads_in_diffusers_with_our_images(tiny_sd_folder, data, tmp_path):
+    """The LoRA file a run writes (UNet + text encoder adapters) loads in Diffusers' pipeline, which then draws
+    the images our pipeline draws with it."""
+    import numpy as np
+
+    from torchdiffusion import StableDiffusionPipeline
+    from torchdiffusion.training import Trainer
+    from torchdiffusion.training.text_to_image import TextToImageTask
+
+    task = TextToImageTask(tiny_sd_folder, lora_rank=4, text_encoder_lora=True)
+    Trainer(task, dataset=data, output_dir=str(tmp_path), batch_size=2, max_steps=2, learning_rate=1e-2,
+            num_validation_images=0, progress_bar=False, checkpointing_steps=10).train()  # fmt: skip
+    options = dict(num_inference_steps=3, guidance_scale=3.0, output_type="np")
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
+    theirs.set_progress_bar_config(disable=True)
+    before = theirs("a red cat", generator=torch.Generator().manual_seed(0), **options).images
+    theirs.load_lora_weights(str(tmp_path))
+    after = theirs("a red cat", generator=torch.Generator().manual_seed(0), **options).images
+    ours = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
+    ours.set_progress_bar_config(disable=True)
+    ours.load_lora_weights(str(tmp_path))
+    mine = ours("a red cat", generator=torch.Generator().manual_seed(0), **options).images
+    assert np.abs(after - before).max() > 1e-3  # the adapters do something
+    assert np.abs(mine - after).max() <= 2e-3
