@@ -199,3 +199,18 @@ def test_cli_bad_combinations_name_the_argument(tiny_sd_dir, captions_dir, tmp_p
     assert "--dataset" in capsys.readouterr().err
     assert main(["generate", tiny_sd_dir, "--out", str(tmp_path / "x.png")]) == 2
     assert "prompt" in capsys.readouterr().err
+
+
+def test_pretrained_by_hub_id_from_the_cache_offline(tiny_sd_dir, data, tmp_path, monkeypatch):
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--someone--tiny-sd"
+    shutil.copytree(tiny_sd_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = {"cache_dir": str(tmp_path / "cache"), "local_files_only": True}
+    task = _task("someone/tiny-sd", lora_rank=2, load_kwargs=cache)
+    Trainer(task, dataset=data, output_dir=str(tmp_path / "out"), **{**T2I_FAST, "max_steps": 1}).train()
+    assert "base_model: someone/tiny-sd" in (tmp_path / "out" / "README.md").read_text()

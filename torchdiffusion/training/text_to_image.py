@@ -74,7 +74,8 @@ class TextToImageTask:
     (``lora_alpha``: default the rank) and trains only them. ``text_encoder_lora``: adapters on the text encoder
     too (its embeddings are then computed every step). ``cache_latents``: None caches latent distributions and
     caption embeddings when valid (frozen text encoder, no random crop/flip), True insists, False never caches.
-    ``seed``: the adapters' random initial weights (use the run's seed).
+    ``seed``: the adapters' random initial weights (use the run's seed). ``load_kwargs`` go to
+    ``DiffusionPipeline.from_pretrained`` when ``pipeline`` is a folder or Hub id (``revision``, ``cache_dir``...).
     """
 
     latent = True
@@ -87,6 +88,7 @@ class TextToImageTask:
         text_encoder_lora: bool = False,
         cache_latents: bool | None = None,
         seed: int = 0,
+        load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         _check_positive(lora_rank, "lora_rank")
         _check_positive(lora_alpha, "lora_alpha", float)
@@ -101,7 +103,7 @@ class TextToImageTask:
             from ..pipelines.pipeline import DiffusionPipeline
 
             self.base_name = os.fspath(pipeline)
-            pipeline = DiffusionPipeline.from_pretrained(pipeline)
+            pipeline = DiffusionPipeline.from_pretrained(pipeline, **(load_kwargs or {}))
         else:
             self.base_name = getattr(pipeline, "name_or_path", None) or type(pipeline).__name__
         missing = [c for c in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
