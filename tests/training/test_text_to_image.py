@@ -214,3 +214,10 @@ def test_pretrained_by_hub_id_from_the_cache_offline(tiny_sd_dir, data, tmp_path
     task = _task("someone/tiny-sd", lora_rank=2, load_kwargs=cache)
     Trainer(task, dataset=data, output_dir=str(tmp_path / "out"), **{**T2I_FAST, "max_steps": 1}).train()
     assert "base_model: someone/tiny-sd" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:mixed_precision='bf16' on a CPU")
+def test_bf16_and_gradient_checkpointing_run(tiny_sd_dir, data, tmp_path):
+    _, result = _run(tiny_sd_dir, data, tmp_path, {"lora_rank": 2}, mixed_precision="bf16",
+                     gradient_checkpointing=True, max_steps=2, num_validation_images=0)  # fmt: skip
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
