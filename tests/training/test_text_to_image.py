@@ -221,3 +221,27 @@ def test_bf16_and_gradient_checkpointing_run(tiny_sd_dir, data, tmp_path):
     _, result = _run(tiny_sd_dir, data, tmp_path, {"lora_rank": 2}, mixed_precision="bf16",
                      gradient_checkpointing=True, max_steps=2, num_validation_images=0)  # fmt: skip
     assert result.step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_push_to_hub_uploads_the_lora_file_card_and_grid(tiny_sd_dir, data, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def file_exists(self, *args, **kwargs):
+            return False
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            with open(os.path.join(folder_path, "README.md")) as f:
+                uploads.append((repo_id, sorted(os.listdir(folder_path)), f.read()))
+            return "https://huggingface.co/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    _run(tiny_sd_dir, data, tmp_path / "my-lora", {"lora_rank": 2}, push_to_hub=True, max_steps=1, sample_steps=1)
+    ((repo, files, card),) = uploads
+    assert repo == "my-lora" and files == ["README.md", "pytorch_lora_weights.safetensors", "samples.png"]
+    assert "![validation grid](samples.png)" in card

@@ -78,11 +78,14 @@ def write_log(
     )  # fmt: skip
 
 
-def push_pipeline(pipe: Any, output_dir: str, step: int, config: Any) -> Any:
-    """Upload ``pipe`` (``model_index.json``, ``unet/``, ``scheduler/``; not the checkpoints or sample grids) to
-    ``config.hub_model_id`` (default: the output folder's name), private if ``config.hub_private_repo``."""
+def push_output(save: Any, output_dir: str, step: int, config: Any) -> Any:
+    """Upload what ``save(folder)`` writes (the run's output: a pipeline folder, or a LoRA file and its card; not
+    the checkpoints) to ``config.hub_model_id`` (default: the output folder's name), private if
+    ``config.hub_private_repo``."""
+    from ..hub import push_to_hub
+
     repo_id = config.hub_model_id or os.path.basename(os.path.normpath(output_dir))
-    return pipe.push_to_hub(
-        repo_id, commit_message=f"torchdiffusion train: step {step}", private=config.hub_private_repo,
+    return push_to_hub(
+        save, repo_id, commit_message=f"torchdiffusion train: step {step}", private=config.hub_private_repo,
         token=config.hub_token,
     )  # fmt: skip

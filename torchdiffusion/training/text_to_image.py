@@ -11,6 +11,7 @@ on the UNet and optionally the text encoder. What is frozen is computed once whe
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -251,5 +252,8 @@ class TextToImageTask:
             layers = self.lora_layers(TextConditionedUNet(pipe.unet, pipe.text_encoder if self.text_encoder_lora
                                                           else None))  # fmt: skip
             type(pipe).save_lora_weights(path, **layers, safe_serialization=True)
+        grid = os.path.join(config.output_dir, "samples.png")
+        if os.path.isfile(grid) and not os.path.exists(os.path.join(path, "samples.png")):
+            shutil.copyfile(grid, os.path.join(path, "samples.png"))  # saved elsewhere (a Hub upload): the card's grid
         write_model_card(path, self, step, config)
         return path

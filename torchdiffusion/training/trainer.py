@@ -248,9 +248,11 @@ class Trainer:
         return self.task.save(self.pipeline(), path or self.output_dir, self.step, self.config)
 
     def push_to_hub(self) -> Any:
-        """Upload the EMA pipeline (not the checkpoints or sample grids) to ``hub_model_id`` (default: the output
-        folder's name)."""
-        return outputs.push_pipeline(self.pipeline(), self.output_dir, self.step, self.config)
+        """Upload what :meth:`save_pipeline` writes (the EMA pipeline, or the LoRA file and its model card; not the
+        checkpoints) to ``hub_model_id`` (default: the output folder's name)."""
+        pipe = self.pipeline()
+        save = lambda folder: self.task.save(pipe, folder, self.step, self.config)  # noqa: E731
+        return outputs.push_output(save, self.output_dir, self.step, self.config)
 
     # ---- one step -----------------------------------------------------------------------------------------
     def _micro_batch(self, batch: dict[str, Any], micro_step: int) -> torch.Tensor:
