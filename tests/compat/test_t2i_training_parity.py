@@ -16,13 +16,13 @@ SEED = 3
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
-def _ours(folder, data, lora_rank):
+def _ours(folder, data, lora_rank, out):
     from torchdiffusion.training import Trainer
     from torchdiffusion.training.data import collate
     from torchdiffusion.training.text_to_image import TextToImageTask
 
     task = TextToImageTask(folder, lora_rank=lora_rank, cache_latents=False)
-    trainer = Trainer(task, dataset=data, output_dir="unused", batch_size=3, seed=SEED, progress_bar=False)
+    trainer = Trainer(task, dataset=data, output_dir=str(out), batch_size=3, seed=SEED, progress_bar=False)
     trainer._setup()
     return trainer, collate([data[k] for k in trainer.plan.keys(0)])
 
@@ -73,9 +73,8 @@ def data(tmp_path_factory):
     return load_captioned_dataset(write_metadata_folder(str(tmp_path_factory.mktemp("captions")), 6), 64)
 
 
-def test_full_fine_tune_step_matches_the_tutorials_loop(tiny_sd_folder, data):
-    torch.manual_seed(0)
-    trainer, batch = _ours(tiny_sd_folder, data, None)
+def test_full_fine_tune_step_matches_the_tutorials_loop(tiny_sd_folder, data, tmp_path):
+    trainer, batch = _ours(tiny_sd_folder, data, None, tmp_path)
     loss = trainer._micro_batch(batch, 0)
     loss.backward()
     ours = {n: p.grad for n, p in trainer.task.model.unet.named_parameters()}
@@ -85,10 +84,10 @@ def test_full_fine_tune_step_matches_the_tutorials_loop(tiny_sd_folder, data):
     _assert_close_grads(ours, {n: p.grad for n, p in unet.named_parameters()})
 
 
-def test_lora_step_matches_the_tutorials_loop_with_peft(tiny_sd_folder, data):
+def test_lora_step_matches_the_tutorials_loop_with_peft(tiny_sd_folder, data, tmp_path):
     from peft import LoraConfig
 
-    trainer, batch = _ours(tiny_sd_folder, data, 4)
+    trainer, batch = _ours(tiny_sd_folder, data, 4, tmp_path)
     ours_unet = trainer.task.model.unet
     unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_sd_folder, subfolder="unet").requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
