@@ -245,3 +245,17 @@ def test_push_to_hub_uploads_the_lora_file_card_and_grid(tiny_sd_dir, data, tmp_
     ((repo, files, card),) = uploads
     assert repo == "my-lora" and files == ["README.md", "pytorch_lora_weights.safetensors", "samples.png"]
     assert "![validation grid](samples.png)" in card
+
+
+def test_grids_reach_the_trackers():
+    from torchdiffusion.training.outputs import log_grid
+
+    seen = []
+
+    class Writer:
+        def add_images(self, name, array, step, dataformats):
+            seen.append((name, array.shape, array.dtype, step, dataformats))
+
+    tracker = type("Tracker", (), {"name": "tensorboard", "writer": Writer()})()
+    log_grid(type("Acc", (), {"trackers": [tracker]})(), torch.zeros(2, 3, 8, 8), 5)
+    assert seen == [("validation", (2, 8, 8, 3), np.uint8, 5, "NHWC")]

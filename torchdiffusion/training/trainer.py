@@ -238,6 +238,8 @@ class Trainer:
         if self.task.wants_samples(cfg):
             images, cols = self._sample_grid(cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed)
             outputs.write_sample_grid(images, self.output_dir, self.step, cols)
+            if cfg.report_to:
+                outputs.log_grid(self.accelerator, images, self.step)
 
     def _write_log(self, history: list[dict], started: float) -> None:
         outputs.write_log(self.output_dir, self.losses, history, started, self.step, self.world_size, self.config)
