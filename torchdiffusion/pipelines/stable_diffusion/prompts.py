@@ -13,8 +13,8 @@ from ...loaders.scale import lora_scale as scaled_lora
 
 __all__ = ["PromptEncodingMixin", "check_prompt_arguments"]
 
-# transformers' tokenizers set their padding/truncation state on the shared object before each call, so two threads
-# tokenizing at once can get each other's padding (different input ids, different images): one call at a time.
+# A fast (Rust) tokenizer sets its padding/truncation mode on the shared backend object for each call, so two
+# threads tokenizing at once (one with padding="longest") can get each other's padding: one lock for all calls.
 _TOKENIZER_LOCK = threading.Lock()
 
 
@@ -67,7 +67,7 @@ class PromptEncodingMixin:
                 texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
             )
             full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids if warn else None
-        if full is not None:
+        if warn:
             if full.shape[-1] > tokens.input_ids.shape[-1]:
                 removed = self.tokenizer.batch_decode(full[:, max_length - 1 : -1])
                 warnings.warn(
