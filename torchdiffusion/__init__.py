@@ -20,10 +20,13 @@ _LAZY: dict[str, str] = {
     "ModelMixin": "models.modeling",
     "BaseOutput": "utils.outputs",
     "make_image_grid": "utils.images",
+    "VaeImageProcessor": "image_processor",
     "randn_tensor": "utils.torch_utils",
     # models
     "AutoencoderKL": "models.autoencoder_kl",
     "AutoencoderKLOutput": "models.autoencoder_kl",
+    "AutoencoderTiny": "models.autoencoder_tiny",
+    "AutoencoderTinyOutput": "models.autoencoder_tiny",
     "DecoderOutput": "models.vae",
     "UNet2DConditionModel": "models.unet_2d_condition",
     "UNet2DConditionOutput": "models.unet_2d_condition",

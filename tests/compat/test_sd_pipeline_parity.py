@@ -295,7 +295,7 @@ def test_inpaint_same_images(tiny_sd_folder, tiny_sd_inpaint_folder, which, stre
     ],
 )
 def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box, pad, out_hw):
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
+    from torchdiffusion.utils.image_regions import mask_crop_region
 
     theirs, ours = _pair("StableDiffusionInpaintPipeline", tiny_sd_inpaint_folder)
     image = _image(3, size=max(size)).crop((0, 0, *size))
@@ -318,7 +318,7 @@ def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box
 def test_mask_crop_region_matches_diffusers():
     from diffusers.image_processor import VaeImageProcessor
 
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
+    from torchdiffusion.utils.image_regions import mask_crop_region
 
     rng = np.random.RandomState(0)
     for _ in range(40):
