@@ -1,6 +1,6 @@
 # Two entry points, each complete on a fresh machine:
 #   make demo   -> venv + install + `torchdiffusion demo` (trains on the embedded digits set, no downloads)
-#   make test   -> venv + install (with test extras) + ruff + pytest
+#   make test   -> venv + install (with test extras) + Chromium for the browser test + ruff + pytest
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,9 +26,11 @@ SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install-browser:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
 		echo "chromium and chromedriver: present"; \
-	else \
+	elif command -v apt-get >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "no apt-get: install Chromium + chromedriver yourself for the browser test (it skips without them unless CI is set)"; \
 	fi
 
 demo: install
@@ -37,7 +39,7 @@ demo: install
 lint: install-test
 	$(BIN)/ruff check .
 
-test: install-test
+test: install-test install-browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
