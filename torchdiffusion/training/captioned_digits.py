@@ -9,7 +9,7 @@ Held out of the training split: every image whose (digit, foreground colour) is 
 ((4, green), (7, red), (2, blue), (9, yellow)); ``split="held_out"`` holds exactly those, for evaluation.
 
 Rendering: the 8x8 glyph is upsampled (bicubic, through one ``grid_sample``) into a box of 20-26 px with a
-random position (at least 1 px from the border) and a rotation of at most 8 degrees, turned into a soft stroke
+random position (at least 2 px from the border) and a rotation of at most 8 degrees, turned into a soft stroke
 mask by a jittered threshold, and composited ``bg * (1 - mask) + fg * mask`` with both colours jittered by up
 to +-12 per channel. Pixels are rounded to 8 bits, as a PNG would hold them. Everything is a pure function of
 ``(seed, split, num_images)``; images are rendered when asked for (nothing big is held in memory).
@@ -53,6 +53,7 @@ TEMPLATE_WEIGHTS: tuple[float, ...] = (0.4, 0.2, 0.2, 0.2)
 """How often each template captions a training image (the full caption most often)."""
 SPLITS: tuple[str, ...] = ("train", "held_out")
 DEFAULT_SIZES = {"train": 20_000, "held_out": 2_000}
+CHUNK = 1000  # items drawn per random stream
 
 _HELD_FG = {d: COLOR_NAMES.index(c) for d, c in HELD_OUT_PAIRS}  # digit -> held-out foreground index
 COLOR_JITTER = 12  # +- per channel, in 0..255 units (the closest palette colours are 81 apart)
@@ -180,8 +181,8 @@ def draw_specs(
         "fg_rgb": np.clip(palette[fg] + jitter[:, 0], 0, 255) / 255.0,
         "bg_rgb": np.clip(palette[bg] + jitter[:, 1], 0, 255) / 255.0,
         "size": size,
-        "x": 1 / 32 + rng.random(n) * (30 / 32 - size),  # box corner: >= 1 px from each border (at 32 px)
-        "y": 1 / 32 + rng.random(n) * (30 / 32 - size),
+        "x": 2 / 32 + rng.random(n) * (28 / 32 - size),  # box corner: >= 2 px from each border (at 32 px)
+        "y": 2 / 32 + rng.random(n) * (28 / 32 - size),
         "angle": np.deg2rad(rng.uniform(-8, 8, n)),
         "threshold": rng.uniform(0.3, 0.45, n),
     }  # fmt: skip
@@ -240,15 +241,23 @@ class CaptionedDigitsDataset(TrainingDataset):
         if random_flip:
             raise ValueError("random_flip must be False for captioned-digits: a flipped digit no longer fits its text")
         self.split, self.seed, self.resolution = split, int(seed), int(resolution)
-        rng = np.random.default_rng(mix_seed(seed, "captioned-digits", split))
         labels = _glyphs()[1]
         pool = np.flatnonzero(np.isin(labels, list(_HELD_FG)) if split == "held_out" else np.ones_like(labels))
-        passes = -(-num_images // len(pool))
-        glyph = pool[np.concatenate([rng.permutation(len(pool)) for _ in range(passes)])[:num_images]]
-        fg = np.array([_HELD_FG[int(d)] for d in labels[glyph]]) if split == "held_out" else None
-        self.specs = draw_specs(rng, glyph, fg)
-        template = rng.choice(len(TEMPLATES), num_images, p=TEMPLATE_WEIGHTS)
-        word = rng.random(num_images) < 0.5
+        passes = -(-num_images // len(pool))  # each pass visits every glyph once, in its own order
+        order = [np.random.default_rng(mix_seed(seed, "captioned-digits", split, k)).permutation(pool) for k in
+                 range(passes)]  # fmt: skip
+        glyph = np.concatenate(order)[:num_images]
+        parts, template, word = [], [], []
+        for start in range(0, num_images, CHUNK):  # whole chunks, cut: the first items do not depend on num_images
+            rng = np.random.default_rng(mix_seed(seed, "captioned-digits", split, "chunk", start))
+            g = np.resize(glyph[start : start + CHUNK], CHUNK)
+            spec = draw_specs(rng, g, [_HELD_FG[int(d)] for d in labels[g]] if split == "held_out" else None)
+            keep = min(CHUNK, num_images - start)
+            parts.append({k: v[:keep] for k, v in spec.items()})
+            template.append(rng.choice(len(TEMPLATES), CHUNK, p=TEMPLATE_WEIGHTS)[:keep])
+            word.append(rng.random(CHUNK)[:keep] < 0.5)
+        self.specs = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        template, word = np.concatenate(template), np.concatenate(word)
         self.digits = torch.from_numpy(self.specs["digit"])
         self.fg, self.bg = torch.from_numpy(self.specs["fg"]), torch.from_numpy(self.specs["bg"])
         self.captions = [

@@ -162,7 +162,7 @@ class TextToImageYardstick:
         with torch.no_grad():
             shape = self.net(self._masks(test_images * 0.5 + 0.5))[1]
         colours = torch.cat(measure_colors(test_images * 0.5 + 0.5), 1)
-        self.color_scale = float(np.sqrt(shape.var(0).sum() / colours.var(0).sum()))
+        self.color_scale = float((shape.var(0).sum() / colours.var(0).sum()).sqrt())
 
     def _train(self, rng: np.random.Generator, glyphs: np.ndarray, epochs: int, images_per_epoch: int) -> None:
         """Adam with a one-cycle rate on fresh renders each epoch (any colour pair); half get pixel noise of
