@@ -1,8 +1,9 @@
 """Where Winograd pays on this CPU: each 3x3 convolution shape of a UNet, oneDNN's direct NHWC kernel vs
-``fast._winograd_conv3x3`` (F(2x2, 3x3) in plain PyTorch ops: transforms + one batched GEMM), and the GEMM alone.
+``cpu_kernels._winograd_conv3x3`` (F(2x2, 3x3) in plain PyTorch ops: transforms + one batched GEMM), and the GEMM
+alone.
 
-``fast.WINOGRAD_MIN_OUT_CHANNELS`` / ``WINOGRAD_MIN_SIZE`` decide which layers take the Winograd path; rerun this on
-a new machine (AVX-512, AMX, more cores) before moving them. On the 2-core AVX2 EPYC of the CI machines the
+``cpu_kernels.WINOGRAD_MIN_OUT_CHANNELS`` / ``WINOGRAD_MIN_SIZE`` decide which layers take the Winograd path; rerun
+this on a new machine (AVX-512, AMX, more cores) before moving them. On the 2-core AVX2 EPYC of the CI machines the
 Winograd GEMM (K = input channels) runs at ~45-55 GMAC/s against ~80 for the direct kernel (K = 9 x input
 channels), so Winograd wins only from ~256 channels.
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchdiffusion.models.layers import fast
+from torchdiffusion.models.layers import cpu_kernels
 
 DEFAULT_SHAPES = (
     "64x64@32 128x64@32 192x64@32 64x128@16 128x128@16 192x128@16 256x128@16 128x128@8 256x128@8 384x128@8 "
@@ -62,7 +63,7 @@ def measure(c_in: int, c_out: int, size: int, batch: int, repeats: int) -> str:
         return F.conv2d(x, weight, conv.bias, 1, 1)
 
     def winograd() -> torch.Tensor:
-        return fast._winograd_conv3x3(conv, x)
+        return cpu_kernels._winograd_conv3x3(conv, x)
 
     def gemm() -> torch.Tensor:
         return torch.bmm(lhs, rhs)

@@ -59,11 +59,11 @@ _LAZY: dict[str, str] = {
     "DDPMPipeline": "pipelines.ddpm",
     "DDIMPipeline": "pipelines.ddim",
     "ClassConditionalPipeline": "pipelines.class_conditional",
-    "StableDiffusionImg2ImgPipeline": "pipelines.stable_diffusion_img2img",
-    "StableDiffusionInpaintPipeline": "pipelines.stable_diffusion_inpaint",
-    "StableDiffusionPipeline": "pipelines.stable_diffusion",
-    "StableDiffusionPipelineOutput": "pipelines.sd_latents",
-    "StableDiffusionSafetyChecker": "pipelines.safety_checker",
+    "StableDiffusionImg2ImgPipeline": "pipelines.stable_diffusion.image_to_image",
+    "StableDiffusionInpaintPipeline": "pipelines.stable_diffusion.inpaint",
+    "StableDiffusionPipeline": "pipelines.stable_diffusion.text_to_image",
+    "StableDiffusionPipelineOutput": "pipelines.stable_diffusion.latent_images",
+    "StableDiffusionSafetyChecker": "pipelines.stable_diffusion.safety_checker",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

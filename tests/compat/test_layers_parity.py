@@ -13,7 +13,7 @@ from diffusers.models import embeddings as d_emb  # noqa: E402
 from diffusers.models import resnet as d_resnet  # noqa: E402
 from diffusers.models import upsampling as d_up  # noqa: E402
 
-from torchdiffusion.models.layers import attention, embeddings, resnet, sampling  # noqa: E402
+from torchdiffusion.models.layers import attention, embeddings, resampling, resnet  # noqa: E402
 
 
 def _pair(ours_cls, theirs_cls, *args, **kwargs):
@@ -68,8 +68,8 @@ def test_resnet_block(kwargs):
 @pytest.mark.parametrize("use_conv", [True, False])
 def test_fir_sampling(use_conv):
     x = torch.randn(2, 4, 8, 8)
-    for ours_cls, theirs_cls in ((sampling.FirUpsample2D, d_up.FirUpsample2D),
-                                 (sampling.FirDownsample2D, d_down.FirDownsample2D)):  # fmt: skip
+    for ours_cls, theirs_cls in ((resampling.FirUpsample2D, d_up.FirUpsample2D),
+                                 (resampling.FirDownsample2D, d_down.FirDownsample2D)):  # fmt: skip
         ours, theirs = _pair(ours_cls, theirs_cls, 4, out_channels=6 if use_conv else 4, use_conv=use_conv)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
@@ -78,10 +78,10 @@ def test_fir_sampling(use_conv):
 def test_plain_sampling():
     x = torch.randn(2, 4, 7, 9)
     for kw in ({"use_conv": True, "padding": 0, "name": "op"}, {"use_conv": True}, {"use_conv": False}):
-        ours, theirs = _pair(sampling.Downsample2D, d_down.Downsample2D, 4, **kw)
+        ours, theirs = _pair(resampling.Downsample2D, d_down.Downsample2D, 4, **kw)
         torch.testing.assert_close(ours(x), theirs(x))
     for kw in ({"use_conv": True}, {"use_conv_transpose": True}, {"use_conv": True, "name": "Conv2d_0"}):
-        ours, theirs = _pair(sampling.Upsample2D, d_up.Upsample2D, 4, **kw)
+        ours, theirs = _pair(resampling.Upsample2D, d_up.Upsample2D, 4, **kw)
         torch.testing.assert_close(ours(x), theirs(x))
         torch.testing.assert_close(ours(x, output_size=(15, 17)), theirs(x, output_size=(15, 17)))
 

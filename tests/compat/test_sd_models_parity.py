@@ -1,10 +1,12 @@
-"""Stable Diffusion models built by Diffusers load into ours with strict=True and give the same numbers."""
+"""Stable Diffusion models built by Diffusers load into ours with strict=True and give the same numbers; the same
+seed gives the same initial weights."""
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import torchdiffusion as td
+from tests.compat.test_unet_2d_state_parity import assert_same_initial_weights
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -111,6 +113,14 @@ def _pair(config):
 FAST = ("sd1", "sd2", "sdxl")  # the other variants run with `-m slow`
 
 
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_unet_same_seed_gives_diffusers_initial_weights(name):
+    config = VARIANTS[name]
+    assert_same_initial_weights(
+        lambda: diffusers.UNet2DConditionModel(**config), lambda: td.UNet2DConditionModel(**config), seed=5
+    )
+
+
 @pytest.mark.parametrize(
     "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(VARIANTS)]
 )
@@ -187,6 +197,15 @@ def _vae_pair(**overrides):
     assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return theirs, ours
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"layers_per_block": 2, "latent_channels": 16}, {"mid_block_add_attention": False, "use_quant_conv": False}],
+)
+def test_vae_same_seed_gives_diffusers_initial_weights(overrides):
+    config = dict(VAE, **overrides)
+    assert_same_initial_weights(lambda: diffusers.AutoencoderKL(**config), lambda: td.AutoencoderKL(**config), seed=7)
 
 
 @pytest.mark.parametrize(

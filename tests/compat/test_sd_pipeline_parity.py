@@ -130,7 +130,7 @@ def _checker_pair(tmp_path, **set_params):
 
 def test_safety_checker_same_embeddings_and_flags_as_diffusers(tmp_path):
     from tests.sd_fixtures import tiny_diffusers_safety_checker
-    from torchdiffusion.pipelines.safety_checker import cosine_similarity_matrix
+    from torchdiffusion.pipelines.stable_diffusion.safety_checker import cosine_similarity_matrix
 
     clip_input = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     probe = tiny_diffusers_safety_checker(threshold=0.9)
@@ -288,7 +288,7 @@ def test_inpaint_same_images(tiny_sd_folder, tiny_sd_inpaint_folder, which, stre
     ],
 )
 def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box, pad, out_hw):
-    from torchdiffusion.pipelines.sd_images import mask_crop_region
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
 
     theirs, ours = _pair("StableDiffusionInpaintPipeline", tiny_sd_inpaint_folder)
     image = _image(3, size=max(size)).crop((0, 0, *size))
@@ -311,7 +311,7 @@ def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box
 def test_mask_crop_region_matches_diffusers():
     from diffusers.image_processor import VaeImageProcessor
 
-    from torchdiffusion.pipelines.sd_images import mask_crop_region
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
 
     rng = np.random.RandomState(0)
     for _ in range(40):

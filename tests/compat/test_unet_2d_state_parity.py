@@ -1,9 +1,12 @@
-"""UNet2DModel parity with the real diffusers package: a Diffusers state dict loads here with strict=True (and
-ours loads there), and the forward outputs agree to 1e-4 on the same weights. Configs follow the seed
-tutorials (4-level butterflies, 3-level MNIST) at tiny widths, plus class-conditional, scale-shift, Fourier +
-skip blocks, resnet resampling, head sizes and the other options."""
+"""UNet2DModel parity with the real diffusers package: the same seed gives the same initial weights (bit for bit,
+same parameter order), a Diffusers state dict loads here with strict=True (and ours loads there), and the forward
+outputs agree to 1e-4 on the same weights. Configs follow the tutorials (4-level butterflies, 3-level MNIST) at
+tiny widths, plus class-conditional, scale-shift, Fourier + skip blocks, score-SDE (NCSN++, norm_num_groups=None),
+resnet resampling, head sizes and the other options."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -12,12 +15,12 @@ diffusers = pytest.importorskip("diffusers")
 
 import torchdiffusion as td  # noqa: E402
 
-BUTTERFLIES = dict(  # seeds 001/003: (64, 128, 128, 256) at 32 px, here 1/4 wide
+BUTTERFLIES = dict(  # the butterflies tutorial: (64, 128, 128, 256) at 32 px, here 1/4 wide
     sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(16, 32, 32, 64),
     down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8,
 )  # fmt: skip
-MNIST = dict(  # seed 002: (32, 64, 64) at 28 px, 1 channel, here 1/2 wide
+MNIST = dict(  # the MNIST tutorial: (32, 64, 64) at 28 px, 1 channel, here 1/2 wide
     sample_size=28, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=(16, 32, 32),
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
@@ -29,6 +32,13 @@ SMALL = dict(
 SKIP = dict(block_out_channels=(32, 32, 64), layers_per_block=1, norm_num_groups=8, attention_head_dim=None,
             down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"),
             up_block_types=("SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"))  # fmt: skip
+NCSNPP = dict(  # score-SDE NCSN++ (google/ncsnpp-*) narrowed: GroupNorm groups min(C // 4, 32) everywhere
+    sample_size=16, block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=None, norm_eps=1e-6,
+    time_embedding_type="fourier", flip_sin_to_cos=True, freq_shift=1, mid_block_scale_factor=math.sqrt(2.0),
+    attention_head_dim=None,
+    down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D", "SkipDownBlock2D"),
+    up_block_types=("SkipUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"),
+)  # fmt: skip
 
 CONFIGS = {
     "butterflies": BUTTERFLIES,
@@ -47,6 +57,8 @@ CONFIGS = {
     "no_mid": dict(SMALL, mid_block_type=None, center_input_sample=True, downsample_padding=0),
     "learned_time": dict(SMALL, time_embedding_type="learned", num_train_timesteps=1000, time_embedding_dim=48),
     "legacy_prefix": dict(SMALL, down_block_types=("UNetResDownBlock2D", "AttnDownBlock2D")),
+    "ncsnpp": NCSNPP,
+    "ncsnpp_scale_shift": dict(NCSNPP, resnet_time_scale_shift="scale_shift"),
 }  # fmt: skip
 
 
@@ -66,6 +78,23 @@ def _inputs(cfg: dict, batch: int = 2):
     elif cfg.get("class_embed_type") == "identity":
         kwargs["class_labels"] = torch.randn(batch, 4 * cfg["block_out_channels"][0], generator=g)
     return x, t, kwargs
+
+
+def assert_same_initial_weights(make_theirs, make_ours, seed: int = 0) -> None:
+    """``torch.manual_seed(seed)`` then building gives Diffusers' parameters exactly, in Diffusers' order."""
+    torch.manual_seed(seed)
+    theirs = make_theirs().state_dict()
+    torch.manual_seed(seed)
+    ours = make_ours().state_dict()
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), f"{key} differs"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_same_seed_gives_diffusers_initial_weights(name):
+    cfg = CONFIGS[name]
+    assert_same_initial_weights(lambda: diffusers.UNet2DModel(**cfg), lambda: td.UNet2DModel(**cfg), seed=3)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -118,14 +147,16 @@ def test_training_gradients_match():
             torch.testing.assert_close(ours_params[name].grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_folder_round_trip_both_ways(tmp_path):
+@pytest.mark.parametrize("cfg", [MNIST, NCSNPP], ids=["mnist", "ncsnpp"])
+def test_folder_round_trip_both_ways(tmp_path, cfg):
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DModel(**MNIST).eval()
+    theirs = diffusers.UNet2DModel(**cfg).eval()
     theirs.save_pretrained(tmp_path / "d")
     ours = td.UNet2DModel.from_pretrained(tmp_path / "d").eval()
     ours.save_pretrained(tmp_path / "o")
     back = diffusers.UNet2DModel.from_pretrained(tmp_path / "o").eval()
-    x, t, _ = _inputs(MNIST)
+    assert ours.config.norm_num_groups == cfg["norm_num_groups"]
+    x, t, _ = _inputs(cfg)
     with torch.no_grad():
         ref = theirs(x, t).sample
         torch.testing.assert_close(ours(x, t).sample, ref, atol=1e-4, rtol=1e-4)

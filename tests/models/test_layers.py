@@ -15,8 +15,8 @@ from torchdiffusion.models.layers.embeddings import (
     Timesteps,
     get_timestep_embedding,
 )
+from torchdiffusion.models.layers.resampling import Downsample2D, FirDownsample2D, FirUpsample2D, Upsample2D
 from torchdiffusion.models.layers.resnet import ResnetBlock2D
-from torchdiffusion.models.layers.sampling import Downsample2D, FirDownsample2D, FirUpsample2D, Upsample2D
 from torchdiffusion.models.layers.unet_2d_blocks import (
     AttnDownEncoderBlock2D,
     AttnUpDecoderBlock2D,
@@ -96,7 +96,7 @@ def test_resnet_bad_args():
         block(torch.randn(1, 8, 4, 4), None)
 
 
-def test_sampling_layers():
+def test_resampling_layers():
     x = torch.randn(2, 4, 8, 8)
     down = Downsample2D(4, use_conv=True, out_channels=6, padding=0, name="op")
     assert down(x).shape == (2, 6, 4, 4) and set(down.state_dict()) == {"conv.weight", "conv.bias"}
@@ -257,23 +257,25 @@ def test_upsample_conv_subpixel_path_has_plain_gradients(size):
 def test_conv2d_winograd_path_equals_direct(in_channels, out_channels, size, batch):
     """Wide 3x3 layers take the Winograd F(2x2, 3x3) path in inference; same values, channels-last out, and the
     cached transformed kernels follow in-place weight updates."""
-    from torchdiffusion.models.layers import fast
+    from torchdiffusion.models.layers import cpu_kernels
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
     x = torch.randn(batch, in_channels, *size).contiguous(memory_format=torch.channels_last)
-    assert fast._use_winograd(conv, x)
+    assert cpu_kernels._use_winograd(conv, x)
     with torch.no_grad():
         want = torch.nn.functional.conv2d(x.contiguous(), conv.weight, conv.bias, padding=1)
-        got = fast.conv2d(conv, x)
+        got = cpu_kernels.conv2d(conv, x)
         assert got.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
         conv.weight.mul_(-1)
-        torch.testing.assert_close(fast.conv2d(conv, x), 2 * conv.bias.view(1, -1, 1, 1) - want, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            cpu_kernels.conv2d(conv, x), 2 * conv.bias.view(1, -1, 1, 1) - want, atol=2e-5, rtol=1e-5
+        )
     conv.bias = None
     with torch.no_grad():
         torch.testing.assert_close(
-            fast.conv2d(conv, x),
+            cpu_kernels.conv2d(conv, x),
             torch.nn.functional.conv2d(x.contiguous(), conv.weight, padding=1),
             atol=2e-5,
             rtol=1e-5,
@@ -281,7 +283,7 @@ def test_conv2d_winograd_path_equals_direct(in_channels, out_channels, size, bat
 
 
 def test_conv2d_winograd_applies_only_where_it_pays():
-    from torchdiffusion.models.layers import fast
+    from torchdiffusion.models.layers import cpu_kernels
 
     def conv(c_in: int, c_out: int, **kw) -> torch.nn.Conv2d:
         return torch.nn.Conv2d(c_in, c_out, 3, padding=1, **kw)
@@ -290,21 +292,23 @@ def test_conv2d_winograd_applies_only_where_it_pays():
         return torch.empty(batch, c, h, w).contiguous(memory_format=torch.channels_last)
 
     wide = conv(256, 256)
-    assert fast._use_winograd(wide, x(2, 256, 16, 16))
-    assert fast._use_winograd(wide, x(16, 256, 4, 4))  # small map, enough work
-    assert fast._use_winograd(conv(192, 128), x(16, 192, 16, 16))  # narrow output on a small map
-    assert fast._use_winograd(conv(320, 320), x(2, 320, 64, 64))  # wide output on a large map
-    assert not fast._use_winograd(conv(256, 128), x(16, 256, 32, 32))  # narrow output on a large map
-    assert not fast._use_winograd(conv(512, 512), x(1, 512, 96, 96))  # above 64x64 the transforms dominate
-    assert not fast._use_winograd(conv(128, 128), x(16, 128, 16, 16))  # narrow input: GEMM too short
-    assert not fast._use_winograd(conv(4, 320), x(2, 4, 64, 64))  # e.g. a UNet's conv_in
-    assert not fast._use_winograd(conv(256, 64), x(16, 256, 8, 8))  # narrow output
-    assert not fast._use_winograd(wide, x(1, 256, 4, 4))  # too little work for ~20 small ops
-    assert not fast._use_winograd(conv(256, 256, stride=2), x(2, 256, 16, 16))
-    assert not fast._use_winograd(wide, x(2, 256, 16, 16).contiguous())  # NCHW
-    assert not fast._use_winograd(wide, x(4, 256, 17, 16))  # odd height
-    assert not fast._use_winograd(wide, x(64, 256, 2, 2))  # map below the minimum size
-    assert not fast._use_winograd(wide, x(2, 256, 16, 16).double())
+    assert cpu_kernels._use_winograd(wide, x(2, 256, 16, 16))
+    assert cpu_kernels._use_winograd(wide, x(16, 256, 4, 4))  # small map, enough work
+    assert cpu_kernels._use_winograd(conv(192, 128), x(16, 192, 16, 16))  # narrow output on a small map
+    assert cpu_kernels._use_winograd(conv(320, 320), x(2, 320, 64, 64))  # wide output on a large map
+    assert not cpu_kernels._use_winograd(conv(256, 128), x(16, 256, 32, 32))  # narrow output on a large map
+    assert not cpu_kernels._use_winograd(conv(512, 512), x(1, 512, 96, 96))  # above 64x64 the transforms dominate
+    assert not cpu_kernels._use_winograd(conv(128, 128), x(16, 128, 16, 16))  # narrow input: GEMM too short
+    assert not cpu_kernels._use_winograd(conv(4, 320), x(2, 4, 64, 64))  # e.g. a UNet's conv_in
+    assert not cpu_kernels._use_winograd(conv(256, 64), x(16, 256, 8, 8))  # narrow output
+    assert not cpu_kernels._use_winograd(wide, x(1, 256, 4, 4))  # too little work for ~20 small ops
+    assert not cpu_kernels._use_winograd(conv(256, 256, stride=2), x(2, 256, 16, 16))
+    assert not cpu_kernels._use_winograd(wide, x(2, 256, 16, 16).contiguous())  # NCHW
+    assert not cpu_kernels._use_winograd(wide, x(4, 256, 17, 16))  # odd height
+    assert not cpu_kernels._use_winograd(wide, x(64, 256, 2, 2))  # map below the minimum size
+    assert not cpu_kernels._use_winograd(wide, x(2, 256, 16, 16).double())
     # under autograd the direct kernel runs (training keeps oneDNN's backward)
-    out = fast.conv2d(wide, torch.randn(2, 256, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_())
+    out = cpu_kernels.conv2d(
+        wide, torch.randn(2, 256, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    )
     assert out.grad_fn is not None and "Convolution" in type(out.grad_fn).__name__

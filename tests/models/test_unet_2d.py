@@ -97,7 +97,9 @@ def test_class_conditioning():
      dict(down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
           up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D")),
      dict(down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D"),
-          up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"), block_out_channels=(32, 32), attention_head_dim=None)],
+          up_block_types=("AttnSkipUpBlock2D", "SkipUpBlock2D"), block_out_channels=(32, 32), attention_head_dim=None),
+     dict(down_block_types=("SkipDownBlock2D", "SkipDownBlock2D"), up_block_types=("SkipUpBlock2D", "SkipUpBlock2D"),
+          block_out_channels=(16, 32), norm_num_groups=None, time_embedding_type="fourier")],
 )  # fmt: skip
 def test_config_variants_run(overrides):
     model = tiny(**overrides)
@@ -105,6 +107,9 @@ def test_config_variants_run(overrides):
     with torch.no_grad():
         out = model(torch.randn(2, 3, 16, 16), t).sample
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+SKIP_BLOCKS = dict(down_block_types=("SkipDownBlock2D",) * 2, up_block_types=("SkipUpBlock2D",) * 2)
 
 
 @pytest.mark.parametrize(
@@ -122,6 +127,9 @@ def test_config_variants_run(overrides):
         (dict(downsample_type="pool"), "downsample_type"),
         (dict(upsample_type="transpose"), "upsample_type"),
         (dict(norm_num_groups=5), "norm_num_groups"),
+        (dict(norm_num_groups=None), "norm_num_groups"),  # min(C // 4, 32) groups are for the Skip blocks only
+        (dict(norm_num_groups=None, block_out_channels=(200, 200), **SKIP_BLOCKS), "norm_num_groups"),
+        (dict(norm_num_groups=None, block_out_channels=(2, 32), **SKIP_BLOCKS), "norm_num_groups"),
         (dict(attn_norm_num_groups=3), "attn_norm_num_groups"),
         (dict(attention_head_dim=0), "attention_head_dim"),
         (dict(layers_per_block=0), "layers_per_block"),

@@ -62,28 +62,60 @@ def test_same_seed_same_image_alone_or_in_a_batch(pipe):
     assert np.abs(per_prompt[1] - run(pipe, seed=5).images[0]).max() <= 1e-4
 
 
-def test_two_threads_give_the_images_of_two_calls_in_a_row(pipe):
-    pipe.scheduler = td.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # a scheduler with history
+def _interleaved(pipe, jobs, **kwargs):
+    """Run ``jobs`` ((prompt, seed, guidance_scale) each) in threads whose steps interleave: every step's callback
+    waits at a barrier for the other threads, so all calls are in the middle of their runs at once. Returns
+    ({job index: images}, {job index: [guidance_scale read in each callback]})."""
+    barrier = threading.Barrier(len(jobs), timeout=60)
+    results, seen, errors = {}, {i: [] for i in range(len(jobs))}, []
+
+    def work(i, prompt, seed, scale):
+        def callback(p, step, t, tensors):
+            seen[i].append(p.guidance_scale)
+            barrier.wait()  # both calls have finished this step before either goes on
+            return {}
+
+        try:
+            out = run(pipe, prompt, seed=seed, guidance_scale=scale, callback_on_step_end=callback, **kwargs)
+            results[i] = out.images
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results, seen
+
+
+@pytest.mark.parametrize("scheduler_cls", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_two_threads_give_the_images_of_two_calls_in_a_row(pipe, scheduler_cls):
+    # multistep schedulers keep a history of model outputs: a scheduler shared between the calls would mix them
+    pipe.scheduler = getattr(td, scheduler_cls).from_config(pipe.scheduler.config)
     try:
-        expected = [run(pipe, p, seed=s, num_inference_steps=4).images for p, s in (("the cat", 1), ("a dog", 2))]
-        results = {}
-
-        def work(i, prompt, seed):
-            results[i] = run(pipe, prompt, seed=seed, num_inference_steps=4).images
-
-        threads = [
-            threading.Thread(target=work, args=(i, p, s)) for i, (p, s) in enumerate((("the cat", 1), ("a dog", 2)))
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        jobs = [("the cat", 1, 7.5), ("a dog", 2, 7.5)]
+        expected = [run(pipe, p, seed=s, num_inference_steps=4).images for p, s, _ in jobs]
+        results, seen = _interleaved(pipe, jobs, num_inference_steps=4)
+        assert all(len(v) == 4 for v in seen.values())
         # Shared state (scheduler history, per-call settings) leaking between the calls would change the images
         # by far more than 1e-4; concurrent calls may split CPU reductions across fewer threads (round-off only).
         for i in range(2):
             np.testing.assert_allclose(results[i], expected[i], atol=1e-4)
     finally:
         pipe.scheduler = td.PNDMScheduler.from_config(pipe.scheduler.config)
+
+
+def test_each_thread_reads_its_own_call_values(pipe):
+    results, seen = _interleaved(pipe, [("the cat", 1, 3.0), ("a dog", 2, 9.0)], num_inference_steps=3)
+    assert seen[0] == [3.0] * 4 and seen[1] == [9.0] * 4  # PNDM: 3 steps + 1
+    assert pipe.guidance_scale in (3.0, 9.0)  # the call that finished last
+    for i, (prompt, seed, scale) in enumerate([("the cat", 1, 3.0), ("a dog", 2, 9.0)]):
+        alone = run(pipe, prompt, seed=seed, guidance_scale=scale, num_inference_steps=3).images
+        np.testing.assert_allclose(results[i], alone, atol=1e-4)
+    assert pipe.guidance_scale == 9.0
 
 
 def test_prompt_embeds_give_the_same_image(pipe):
@@ -142,7 +174,26 @@ def test_callbacks_read_and_replace_tensors_and_interrupt(pipe):
     out = run(pipe, num_inference_steps=4, output_type="latent", callback_on_step_end=callback).images
     assert [s[0] for s in steps] == [0, 1] and steps[0][1] == 7.5 and steps[0][2] == 5  # PNDM: 4 steps + 1
     assert torch.count_nonzero(out) == 0
-    assert pipe.guidance_scale is None and not pipe.interrupt  # per-call state is gone after the call
+    # after the call the properties show the last finished call's values (as Diffusers' attributes do)
+    assert pipe.guidance_scale == 7.5 and pipe._guidance_scale == 7.5 and pipe.interrupt and pipe.num_timesteps == 5
+    assert pipe.do_classifier_free_guidance
+    run(pipe, num_inference_steps=2, guidance_scale=1.0)
+    assert pipe.guidance_scale == 1.0 and not pipe.interrupt and pipe.num_timesteps == 3
+    assert not pipe.do_classifier_free_guidance
+
+
+@pytest.mark.parametrize("name", ["guidance_scale", "_guidance_scale", "_interrupt", "num_timesteps", "clip_skip"])
+def test_call_properties_cannot_be_set_outside_a_call(pipe, name):
+    with pytest.raises(AttributeError, match=name.lstrip("_")):
+        setattr(pipe, name, 3.0)
+
+
+def test_a_fresh_pipeline_shows_the_defaults(tmp_path):
+    parts = tiny_sd_components(td, tmp_path)
+    fresh = td.StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    assert fresh.guidance_scale is None and fresh.num_timesteps == 0 and not fresh.interrupt
+    assert fresh.guidance_rescale == 0.0 and fresh.clip_skip is None and fresh.cross_attention_kwargs is None
+    assert not fresh.do_classifier_free_guidance
 
 
 def test_guidance_cutoff_from_a_callback(pipe):
@@ -308,3 +359,13 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
     kwargs = {"prompt": "the cat", "num_inference_steps": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
         pipe(**kwargs)
+
+
+def test_prepare_latents_takes_the_calls_scheduler(pipe):
+    scheduler = td.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    z = pipe.prepare_latents(2, 4, 64, 64, torch.float32, "cpu", gen(0), scheduler=scheduler)
+    expected = torch.randn(2, 4, 8, 8, generator=gen(0)) * scheduler.init_noise_sigma
+    torch.testing.assert_close(z, expected)
+    with pytest.raises(TypeError, match="scheduler"):  # no silent fallback to the shared pipe.scheduler
+        pipe.prepare_latents(2, 4, 64, 64, torch.float32, "cpu", gen(0))

@@ -7,7 +7,7 @@ from PIL import Image
 
 import torchdiffusion as td
 from tests.sd_fixtures import tiny_sd_components
-from torchdiffusion.pipelines.sd_images import preprocess_image, preprocess_mask
+from torchdiffusion.pipelines.stable_diffusion.image_inputs import preprocess_image, preprocess_mask
 
 pytest.importorskip("transformers")
 
@@ -104,12 +104,13 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
 
 def test_strength_timesteps_and_expand_to_batch():
     from torchdiffusion.pipelines.denoise import check_latents, strength_timesteps
-    from torchdiffusion.pipelines.sd_images import expand_to_batch
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import expand_to_batch
 
     scheduler = td.EulerDiscreteScheduler()
     scheduler.set_timesteps(10)
-    tail = strength_timesteps(scheduler, 10, 0.35)  # int(3.5) = 3 steps kept
-    assert tail.tolist() == scheduler.timesteps[7:].tolist() and scheduler.begin_index == 7
+    tail, begin = strength_timesteps(scheduler, 10, 0.35)  # int(3.5) = 3 steps kept
+    assert tail.tolist() == scheduler.timesteps[7:].tolist() and begin == 7
+    assert scheduler.begin_index is None  # the start is passed on explicitly, not left on the scheduler
     with pytest.raises(ValueError, match="strength"):
         strength_timesteps(scheduler, 10, 0.05)
     x = torch.arange(2.0).view(2, 1)
@@ -123,3 +124,37 @@ def test_strength_timesteps_and_expand_to_batch():
         check_latents(z, (1, 4, 2, 3), 8)
     with pytest.raises(ValueError, match="latents"):
         check_latents([0.0], (1,), 8)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("EulerDiscreteScheduler", {}),
+        ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+        ("HeunDiscreteScheduler", {}),  # order 2: repeated timesteps
+        ("DPMSolverMultistepScheduler", {}),
+        ("DDIMScheduler", {}),
+    ],
+)
+def test_add_noise_at_the_begin_index_matches_diffusers(name, options):
+    """Image-to-image noises the image to where the run starts; the numbers are Diffusers' (its pipeline sets the
+    begin index on the scheduler, then calls add_noise with the first kept timestep)."""
+    diffusers = pytest.importorskip("diffusers")
+    from torchdiffusion.pipelines.denoise import add_noise_at, strength_timesteps
+
+    ours = getattr(td, name)(**options)
+    theirs = getattr(diffusers, name)(**options)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    x0, noise = (
+        torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+        torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1)),
+    )
+    for strength in (0.35, 0.6, 1.0):
+        tail, begin = strength_timesteps(ours, 10, strength)
+        if hasattr(theirs, "set_begin_index"):
+            theirs.set_begin_index(begin)
+        expected = theirs.add_noise(x0, noise, theirs.timesteps[begin : begin + 1].repeat(3))
+        got = add_noise_at(ours, x0, noise, begin)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert getattr(ours, "begin_index", begin) == begin  # the scheduler starts its steps there too

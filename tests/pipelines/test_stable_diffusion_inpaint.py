@@ -103,7 +103,7 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
 
 
 def test_padding_mask_crop_repaints_only_the_crop(pipe):
-    from torchdiffusion.pipelines.sd_images import mask_crop_region
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
 
     m = np.zeros((64, 64), "uint8")
     m[40:50, 0:4] = 255
@@ -137,7 +137,12 @@ def test_unet_with_other_channel_counts_is_refused(pipe):
 
 
 def test_fill_cover_and_paste_helpers():
-    from torchdiffusion.pipelines.sd_images import crop_for_inpainting, paste_inpainted, resize_cover, resize_fill
+    from torchdiffusion.pipelines.stable_diffusion.image_inputs import (
+        crop_for_inpainting,
+        paste_inpainted,
+        resize_cover,
+        resize_fill,
+    )
 
     tall = Image.fromarray(np.tile(np.arange(20, dtype="uint8")[:, None, None] * 10, (1, 10, 3)))  # 10 x 20
     filled = np.asarray(resize_fill(tall, 20, 20))  # fitted 10 x 20 in the middle, edge columns stretched

@@ -11,7 +11,7 @@ import torch
 
 import torchdiffusion as td
 from tests.sd_fixtures import CLIP_CONFIG_KWARGS, tiny_feature_extractor, tiny_sd_components
-from torchdiffusion.pipelines.safety_checker import cosine_similarity_matrix, nsfw_flags
+from torchdiffusion.pipelines.stable_diffusion.safety_checker import cosine_similarity_matrix, nsfw_flags
 
 pytest.importorskip("transformers")
 

@@ -34,7 +34,8 @@ class AutoencoderKLOutput(BaseOutput):
 
 
 class AutoencoderKL(ModelMixin, ConfigMixin):
-    """Variational autoencoder with a KL-regularised latent space (Rombach et al. 2022, LDM)."""
+    """Variational autoencoder with a KL-regularised latent space (Rombach et al. 2022, LDM). Layers are created in
+    Diffusers' order: after ``torch.manual_seed(s)`` a new model starts from Diffusers' weights."""
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["BasicTransformerBlock", "ResnetBlock2D"]

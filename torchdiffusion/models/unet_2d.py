@@ -16,8 +16,9 @@ from torch import nn
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
 from .layers.activations import ACTIVATIONS
+from .layers.blocks_common import score_sde_groups
+from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
-from .layers.fast import conv2d, group_norm_act, use_channels_last
 from .layers.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 from .modeling import ModelMixin
 
@@ -60,9 +61,25 @@ def _check_args(a: dict) -> None:
         raise ValueError(f"mid_block_type={a['mid_block_type']!r} must be 'UNetMidBlock2D' or None")
     groups = a["norm_num_groups"]
     plain = [i for i, (d, u) in enumerate(zip(down, reversed(up))) if "Skip" not in d or "Skip" not in u]
-    need = sorted({0, len(channels) - 1, *plain})
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or any(channels[i] % groups for i in need):
-        raise ValueError(f"norm_num_groups={groups!r} must be a positive int dividing block_out_channels={channels}")
+    if groups is None:  # score-SDE / NCSN++: every GroupNorm takes min(C // 4, 32) groups
+        if plain:
+            raise ValueError(
+                f"norm_num_groups=None (min(C // 4, 32) groups, the score-SDE setting) needs Skip blocks at every "
+                f"level; levels {plain} of down_block_types/up_block_types are not Skip blocks"
+            )
+        for c in {channels[0], channels[-1]}:
+            if c < 4 or c % score_sde_groups(c):
+                raise ValueError(
+                    f"norm_num_groups=None gives min({c} // 4, 32) groups, which must divide block_out_channels "
+                    f"entry {c}"
+                )
+    else:
+        need = sorted({0, len(channels) - 1, *plain})
+        bad = isinstance(groups, bool) or not isinstance(groups, int) or groups < 1
+        if bad or any(channels[i] % groups for i in need):
+            raise ValueError(
+                f"norm_num_groups={groups!r} must be None or a positive int dividing block_out_channels={channels}"
+            )
     attn_groups = a["attn_norm_num_groups"]
     if attn_groups is not None and (not isinstance(attn_groups, int) or attn_groups < 1 or channels[-1] % attn_groups):
         raise ValueError(f"attn_norm_num_groups={attn_groups!r} must be None or a divisor of {channels[-1]}")
@@ -105,6 +122,9 @@ class UNet2DModel(ModelMixin, ConfigMixin):
     ``time_embedding_type``: ``"positional"`` (sinusoidal), ``"fourier"`` (Gaussian Fourier features of log(sigma);
     the output is divided by sigma) or ``"learned"`` (an embedding table of ``num_train_timesteps`` rows).
     Class conditioning: ``num_class_embeds`` (a table), or ``class_embed_type`` ``"timestep"`` / ``"identity"``.
+    ``norm_num_groups=None`` (score-SDE / NCSN++ models, Skip blocks at every level): every GroupNorm takes
+    ``min(C // 4, 32)`` groups. Layers are created in Diffusers' order, so after ``torch.manual_seed(s)`` a new
+    model starts from the same weights as Diffusers' ``UNet2DModel`` with the same arguments.
     """
 
     _supports_gradient_checkpointing = True
@@ -133,7 +153,7 @@ class UNet2DModel(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         act_fn: str = "silu",
         attention_head_dim: int | None = 8,
-        norm_num_groups: int = 32,
+        norm_num_groups: int | None = 32,
         attn_norm_num_groups: int | None = None,
         norm_eps: float = 1e-5,
         resnet_time_scale_shift: str = "default",
@@ -180,6 +200,7 @@ class UNet2DModel(ModelMixin, ConfigMixin):
             dropout=dropout,
         )
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, as in Diffusers (same parameter order)
         for i, kind in enumerate(down_block_types):
             self.down_blocks.append(get_down_block(
                 kind, num_layers=layers_per_block, in_channels=channels[max(i - 1, 0)], out_channels=channels[i],
@@ -197,7 +218,6 @@ class UNet2DModel(ModelMixin, ConfigMixin):
                 resnet_groups=norm_num_groups, attn_groups=attn_norm_num_groups, add_attention=add_attention,
             )  # fmt: skip
         rev = list(reversed(channels))
-        self.up_blocks = nn.ModuleList()
         for i, kind in enumerate(up_block_types):
             self.up_blocks.append(get_up_block(
                 kind, num_layers=layers_per_block + 1, in_channels=rev[min(i + 1, len(rev) - 1)],
@@ -205,7 +225,8 @@ class UNet2DModel(ModelMixin, ConfigMixin):
                 attention_head_dim=attention_head_dim if attention_head_dim is not None else rev[i],
                 upsample_type=upsample_type, resolution_idx=i, **common,
             ))  # fmt: skip
-        self.conv_norm_out = nn.GroupNorm(num_channels=c0, num_groups=norm_num_groups, eps=norm_eps)
+        out_groups = score_sde_groups(c0) if norm_num_groups is None else norm_num_groups
+        self.conv_norm_out = nn.GroupNorm(num_channels=c0, num_groups=out_groups, eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
 

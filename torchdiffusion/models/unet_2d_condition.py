@@ -1,7 +1,8 @@
 """UNet2DConditionModel: the text-conditioned latent UNet of Stable Diffusion 1.x / 2.x / SDXL.
 
 Constructor arguments, defaults, config keys and state-dict keys follow Diffusers, so a ``unet/`` folder written
-by Diffusers loads unchanged. The per-block settings are resolved and checked in ``unet_condition_plan.py``.
+by Diffusers loads unchanged, and layers are created in Diffusers' order (after ``torch.manual_seed(s)`` a new model
+starts from Diffusers' weights). The per-block settings are resolved and checked in ``unet_condition_config.py``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from torch import nn
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
 from .layers.activations import get_activation
+from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import TimestepEmbedding, Timesteps
-from .layers.fast import conv2d, group_norm_act, use_channels_last
 from .modeling import ModelMixin
-from .unet_condition_plan import (
+from .unet_condition_config import (
     build_class_embedding,
     build_down_block,
     build_mid_block,
@@ -144,8 +145,9 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
 
         temb = time_embed_dim * 2 if class_embeddings_concat else time_embed_dim
         self.down_blocks = nn.ModuleList(build_down_block(plan, i, temb) for i in range(len(channels)))
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, as in Diffusers (same parameter order)
         self.mid_block = build_mid_block(plan, temb)
-        self.up_blocks = nn.ModuleList(build_up_block(plan, i, temb) for i in range(len(channels)))
+        self.up_blocks.extend(build_up_block(plan, i, temb) for i in range(len(channels)))
         self.num_upsamplers = len(channels) - 1
 
         if norm_num_groups is not None:

@@ -18,7 +18,7 @@ from torch import nn
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg, randn_tensor
 from .layers.activations import get_activation
-from .layers.fast import conv2d, group_norm_act, use_channels_last
+from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.unet_2d_blocks import DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D
 from .modeling import checkpointed
 
@@ -120,6 +120,7 @@ class Decoder(nn.Module):
         self.layers_per_block = layers_per_block
         reversed_channels = list(reversed(block_out_channels))
         self.conv_in = nn.Conv2d(in_channels, reversed_channels[0], kernel_size=3, padding=1)
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, as in Diffusers (same parameter order)
         self.mid_block = UNetMidBlock2D(
             in_channels=reversed_channels[0],
             temb_channels=None,
@@ -131,7 +132,7 @@ class Decoder(nn.Module):
             resnet_groups=norm_num_groups,
             add_attention=mid_block_add_attention,
         )
-        self.up_blocks = nn.ModuleList(
+        self.up_blocks.extend(
             UpDecoderBlock2D(
                 in_channels=reversed_channels[max(i - 1, 0)],
                 out_channels=channels,

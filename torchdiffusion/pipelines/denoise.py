@@ -91,11 +91,10 @@ def check_latents(latents: Any, shape: tuple[int, ...], factor: int) -> torch.Te
     return latents
 
 
-def strength_timesteps(scheduler: Any, num_inference_steps: int, strength: float) -> torch.Tensor:
-    """The tail of ``scheduler.timesteps`` that ``strength`` keeps (``strength * num_inference_steps`` steps).
-
-    Tells the scheduler where it starts (``set_begin_index``) when it counts steps; ``ValueError`` naming
-    ``strength`` when no step would be left.
+def strength_timesteps(scheduler: Any, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+    """The tail of ``scheduler.timesteps`` that ``strength`` keeps (``strength * num_inference_steps`` steps) and
+    the index in ``scheduler.timesteps`` where it begins; ``ValueError`` naming ``strength`` when no step would
+    be left. Changes nothing on the scheduler: pass the index to :func:`add_noise_at` and :func:`denoise`.
     """
     kept = min(int(num_inference_steps * strength), num_inference_steps)
     start = max(num_inference_steps - kept, 0) * scheduler.order
@@ -105,9 +104,22 @@ def strength_timesteps(scheduler: Any, num_inference_steps: int, strength: float
             f"strength={strength} with num_inference_steps={num_inference_steps} leaves no denoising step; "
             "raise strength or num_inference_steps"
         )
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    return timesteps
+    return timesteps, start
+
+
+def begin_at(scheduler: Any, begin_index: int | None) -> None:
+    """Tell ``scheduler`` (when it counts its steps) that the run starts at ``timesteps[begin_index]``."""
+    if begin_index is not None and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin_index)
+
+
+def add_noise_at(scheduler: Any, original: torch.Tensor, noise: torch.Tensor, begin_index: int) -> torch.Tensor:
+    """``original`` (batch, ...) noised with ``noise`` to the level of ``scheduler.timesteps[begin_index]``,
+    where a run that starts part-way (image-to-image) begins; the scheduler is told that start (:func:`begin_at`).
+    """
+    begin_at(scheduler, begin_index)
+    first = scheduler.timesteps[begin_index : begin_index + 1].repeat(original.shape[0])
+    return scheduler.add_noise(original, noise, first)
 
 
 def denoise(
@@ -123,6 +135,8 @@ def denoise(
     after_step: AfterStep | None = None,
     callback_on_step_end: Callable[..., dict] | None = None,
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    begin_index: int | None = None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from ``latents`` (batch, channels, height, width) over ``timesteps``.
 
@@ -131,18 +145,27 @@ def denoise(
     optional ``after_step`` (e.g. re-impose the known region when inpainting), optional user callback
     ``callback_on_step_end(pipe, i, t, {name: state[name]})`` whose returned tensors replace the state's.
     ``state`` holds everything a callback may read or replace; ``state["latents"]`` is the running sample.
+    ``begin_index``: where ``timesteps`` starts in the scheduler's grid, for a run that starts part-way (see
+    :func:`strength_timesteps`). The loop stops early once ``interrupted()`` is true (default: once
+    ``pipe._interrupt`` is).
     """
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     state = {} if state is None else state
     state["latents"] = latents
     extra = step_kwargs(scheduler, generator=generator, **(step_options or {}))
+    begin_at(scheduler, begin_index)
+    if interrupted is None:
+
+        def interrupted() -> bool:
+            return bool(getattr(pipe, "_interrupt", False))
+
     if callback_on_step_end is not None:
         missing = [k for k in callback_on_step_end_tensor_inputs if k not in state]
         if missing:
             raise ValueError(f"callback_on_step_end_tensor_inputs names {missing}; allowed: {sorted(state)}")
     with pipe.progress_bar(total=len(timesteps)) as bar:
         for i, t in enumerate(timesteps):
-            if getattr(pipe, "_interrupt", False):
+            if interrupted():
                 break
             x = state["latents"]
             x_in = scheduler.scale_model_input(x, t)

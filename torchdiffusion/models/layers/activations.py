@@ -18,8 +18,3 @@ def get_activation(act_fn: str) -> nn.Module:
     if not isinstance(act_fn, str) or act_fn.lower() not in ACTIVATIONS:
         raise ValueError(f"act_fn={act_fn!r} is not supported; use one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[act_fn.lower()]()
-
-
-def is_silu(module: nn.Module | None) -> bool:
-    """True for SiLU modules, which the fused GroupNorm+SiLU path can apply in place."""
-    return type(module) is nn.SiLU

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import group_norm_act, needs_graph
+from .cpu_kernels import group_norm_act, needs_graph
 
 CROSS_ATTENTION_NORMS = (None, "layer_norm", "group_norm")
 

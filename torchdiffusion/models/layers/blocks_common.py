@@ -1,11 +1,17 @@
-"""Building blocks shared by the named UNet blocks: resnet / spatial-attention constructors, the builders of a
-block's ``resnets`` / ``attentions`` / ``downsamplers`` / ``upsamplers`` lists, the shared down / up forward passes,
-and ``UNetMidBlock2D``. Shapes: ``(B, C, H, W)`` maps, ``temb`` ``(B, temb_channels)``.
+"""Building blocks shared by the named UNet blocks: :class:`ResnetSettings` (what a block gives each of its
+ResnetBlock2D), the builders of a block's ``resnets`` / ``attentions`` / ``downsamplers`` / ``upsamplers``, the
+shared down / up forward passes, and ``UNetMidBlock2D``. Shapes: ``(B, C, H, W)`` maps, ``temb``
+``(B, temb_channels)``.
+
+Modules are created in Diffusers' order (resnet 0, attention 0, resnet 1, ...; mid blocks resnet, attention,
+resnet), so ``torch.manual_seed(s)`` before building a model gives the same initial weights as Diffusers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,46 +19,58 @@ from torch import nn
 
 from ..modeling import checkpointed
 from .attention import Attention
+from .resampling import Downsample2D, Upsample2D
 from .resnet import ResnetBlock2D
-from .sampling import Downsample2D, Upsample2D
 
 
-def make_resnet(
-    cin: int,
-    cout: int,
-    temb: int | None,
-    eps: float,
-    groups: int,
-    dropout: float,
-    norm: str,
-    act: str,
-    scale: float = 1.0,
-    pre_norm: bool = True,
-    **extra: Any,
-) -> ResnetBlock2D:
-    """A ResnetBlock2D from a block's ``resnet_*`` arguments."""
-    return ResnetBlock2D(
-        in_channels=cin,
-        out_channels=cout,
-        temb_channels=temb,
-        eps=eps,
-        groups=groups,
-        dropout=dropout,
-        time_embedding_norm=norm,
-        non_linearity=act,
-        output_scale_factor=scale,
-        pre_norm=pre_norm,
-        **extra,
-    )
+@dataclass(frozen=True)
+class ResnetSettings:
+    """The ResnetBlock2D arguments a block shares among its resnets (field names are ResnetBlock2D's)."""
+
+    temb_channels: int | None
+    eps: float = 1e-6
+    groups: int = 32
+    dropout: float = 0.0
+    time_embedding_norm: str = "default"
+    non_linearity: str = "swish"
+    output_scale_factor: float = 1.0
+    pre_norm: bool = True
+    skip_time_act: bool = False
+
+    @classmethod
+    def from_block_args(cls, args: Mapping[str, Any], **changes: Any) -> ResnetSettings:
+        """The settings from a block's constructor arguments ``args`` (Diffusers' names: ``temb_channels``,
+        ``resnet_eps``, ``resnet_groups``, ``dropout``, ``resnet_time_scale_shift``, ``resnet_act_fn``,
+        ``output_scale_factor``, ``resnet_pre_norm``, ``skip_time_act``; absent ones keep the defaults), with
+        ``changes`` (field names) applied."""
+        names = {
+            "temb_channels": "temb_channels",
+            "resnet_eps": "eps",
+            "resnet_groups": "groups",
+            "dropout": "dropout",
+            "resnet_time_scale_shift": "time_embedding_norm",
+            "resnet_act_fn": "non_linearity",
+            "output_scale_factor": "output_scale_factor",
+            "resnet_pre_norm": "pre_norm",
+            "skip_time_act": "skip_time_act",
+        }
+        fields = {field: args[arg] for arg, field in names.items() if arg in args}
+        fields.setdefault("temb_channels", None)
+        return cls(**{**fields, **changes})
+
+    def build(self, in_channels: int, out_channels: int, **extra: Any) -> ResnetBlock2D:
+        """A ResnetBlock2D ``in_channels -> out_channels`` with these settings plus ``extra`` ResnetBlock2D
+        arguments (``groups_out``, ``up``, ``down``, ``kernel``, ``use_in_shortcut``...), which may also override a
+        setting (``groups=``)."""
+        settings = {**dataclasses.asdict(self), **extra}
+        return ResnetBlock2D(in_channels=in_channels, out_channels=out_channels, **settings)
 
 
 def make_spatial_attention(
     channels: int, head_dim: int | None, eps: float, groups: int | None, scale: float = 1.0
 ) -> Attention:
     """Self-attention over the pixels of a ``channels``-wide map, ``channels // head_dim`` heads, residual."""
-    head_dim = channels if head_dim is None else head_dim
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 1 <= head_dim <= channels:
-        raise ValueError(f"attention_head_dim={head_dim!r} must be an int in [1, {channels}] (the block's channels)")
+    head_dim = check_head_dim(channels, head_dim)
     return Attention(
         channels,
         heads=channels // head_dim,
@@ -67,50 +85,77 @@ def make_spatial_attention(
     )
 
 
-def resnet_stack(
-    in_channels: int,
+def score_sde_groups(channels: int) -> int:
+    """GroupNorm groups of a ``channels``-wide layer in score-SDE models (``norm_num_groups=None``, the skip blocks):
+    ``min(channels // 4, 32)``."""
+    return min(channels // 4, 32)
+
+
+def check_head_dim(channels: int, head_dim: int | None) -> int:
+    """``head_dim`` (``None``: ``channels``, one head) checked against a ``channels``-wide map."""
+    head_dim = channels if head_dim is None else head_dim
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 1 <= head_dim <= channels:
+        raise ValueError(f"attention_head_dim={head_dim!r} must be an int in [1, {channels}] (the block's channels)")
+    return head_dim
+
+
+def down_widths(in_channels: int, out_channels: int, num_layers: int) -> list[int]:
+    """Input widths of a down block's resnets: the first reads ``in_channels``, the others ``out_channels``."""
+    return ([in_channels] + [out_channels] * (num_layers - 1))[:num_layers]
+
+
+def up_widths(in_channels: int, prev_output_channel: int, out_channels: int, num_layers: int) -> list[int]:
+    """Input widths of an up block's resnets: the previous output (``prev_output_channel`` for the first, then
+    ``out_channels``) plus the matching skip (``in_channels`` for the last, else ``out_channels``)."""
+    return [
+        (prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1 else out_channels)
+        for i in range(num_layers)
+    ]
+
+
+def resnet_layers(
+    widths: Sequence[int],
     out_channels: int,
-    temb_channels: int | None,
-    num_layers: int,
-    r: Sequence[Any],
-    prev_output_channel: int | None = None,
-    **extra: Any,
-) -> nn.ModuleList:
-    """A block's ``resnets``: ``num_layers`` ResnetBlock2D to ``out_channels``; ``r`` holds :func:`make_resnet`'s
-    ``(eps, groups, dropout, norm, act, scale[, pre_norm])``. The first reads ``in_channels``, the others
-    ``out_channels``; an up block (``prev_output_channel`` given) reads previous output + skip (:func:`_up_in`)."""
-    if prev_output_channel is None:
-        widths = [in_channels] + [out_channels] * (num_layers - 1)
-    else:
-        widths = [_up_in(i, num_layers, in_channels, prev_output_channel, out_channels) for i in range(num_layers)]
-    return nn.ModuleList(make_resnet(cin, out_channels, temb_channels, *r, **extra) for cin in widths[:num_layers])
+    resnet: ResnetSettings,
+    attention: Callable[[], nn.Module] | None = None,
+) -> tuple[nn.ModuleList, nn.ModuleList | None]:
+    """A block's ``(resnets, attentions)``: one ResnetBlock2D ``widths[i] -> out_channels`` per layer, each followed
+    by ``attention()`` when given (``attentions`` is None without it), created in that interleaved order."""
+    resnets, attentions = nn.ModuleList(), nn.ModuleList()
+    for width in widths:
+        resnets.append(resnet.build(width, out_channels))
+        if attention is not None:
+            attentions.append(attention())
+    return resnets, attentions if attention is not None else None
 
 
-def attention_stack(
-    channels: int, head_dim: int | None, eps: float, groups: int | None, scale: float, num_layers: int
-) -> nn.ModuleList:
-    """A block's ``attentions``: ``num_layers`` spatial self-attentions (:func:`make_spatial_attention`)."""
-    return nn.ModuleList(make_spatial_attention(channels, head_dim, eps, groups, scale) for _ in range(num_layers))
+def spatial_attention_factory(
+    channels: int, head_dim: int | None, resnet: ResnetSettings, groups: int | None
+) -> Callable[[], Attention]:
+    """A maker of the spatial self-attention that follows a block's resnets (:func:`make_spatial_attention` with
+    ``groups`` GroupNorm groups, None for no GroupNorm; eps and output scale from ``resnet``); checks ``head_dim``
+    at once."""
+    check_head_dim(channels, head_dim)
+    return lambda: make_spatial_attention(channels, head_dim, resnet.eps, groups, resnet.output_scale_factor)
 
 
 def resamplers(
     kind: str | None,
     up: bool,
     channels: int,
-    temb_channels: int | None = None,
-    r: Sequence[Any] = (),
+    resnet: ResnetSettings | None = None,
     padding: int = 1,
-    **extra: Any,
 ) -> nn.ModuleList | None:
     """A block's ``downsamplers`` (``up=False``) or ``upsamplers``: ``"conv"`` a stride-2 conv (``padding``) or a
-    nearest x2 + conv, ``"resnet"`` a resampling ResnetBlock2D (``r``, ``extra`` as in :func:`make_resnet`),
-    ``None`` none."""
+    nearest x2 + conv, ``"resnet"`` a resampling ResnetBlock2D built from ``resnet``, ``None`` none."""
     if kind == "conv":
         if up:
             return nn.ModuleList([Upsample2D(channels, use_conv=True, out_channels=channels)])
         return nn.ModuleList([Downsample2D(channels, use_conv=True, out_channels=channels, padding=padding, name="op")])
     if kind == "resnet":
-        return nn.ModuleList([make_resnet(channels, channels, temb_channels, *r, **extra, up=up, down=not up)])
+        if resnet is None:
+            raise ValueError("resamplers('resnet', ...) needs the block's ResnetSettings (resnet=...)")
+        return nn.ModuleList([resnet.build(channels, channels, up=up, down=not up)])
     return None
 
 
@@ -211,12 +256,6 @@ def run_level(
     return hidden_states
 
 
-def _up_in(i: int, num_layers: int, in_channels: int, prev_output_channel: int, out_channels: int) -> int:
-    """Input width of up-block resnet ``i``: previous output (or ``out``) plus the matching skip's channels."""
-    skip = in_channels if i == num_layers - 1 else out_channels
-    return (prev_output_channel if i == 0 else out_channels) + skip
-
-
 class UNetMidBlock2D(nn.Module):
     """``resnet, (attention, resnet) x num_layers`` at constant width. ``add_attention=False`` keeps the resnets
     only; ``attn_groups`` defaults to ``resnet_groups`` for ``"default"`` time-embedding norm, else no GroupNorm."""
@@ -240,18 +279,19 @@ class UNetMidBlock2D(nn.Module):
         output_scale_factor: float = 1.0,
     ) -> None:
         super().__init__()
-        resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
+        resnet_groups = resnet_groups if resnet_groups is not None else score_sde_groups(in_channels)
         if attn_groups is None:
             attn_groups = resnet_groups if resnet_time_scale_shift == "default" else None
         self.add_attention = add_attention
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(in_channels, in_channels, temb_channels, num_layers + 1, r)
-        self.attentions = nn.ModuleList(
-            make_spatial_attention(in_channels, attention_head_dim, resnet_eps, attn_groups, output_scale_factor)
-            if add_attention
-            else None
-            for _ in range(num_layers)
-        )
+        rs = ResnetSettings.from_block_args(locals(), groups=resnet_groups)
+        attention = spatial_attention_factory(in_channels, attention_head_dim, rs, attn_groups)
+        resnets = [rs.build(in_channels, in_channels)]
+        attentions: list[nn.Module | None] = []
+        for _ in range(num_layers):
+            attentions.append(attention() if add_attention else None)
+            resnets.append(rs.build(in_channels, in_channels))
+        self.attentions = nn.ModuleList(attentions)
+        self.resnets = nn.ModuleList(resnets)
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,14 +8,23 @@ Shapes: ``hidden_states`` ``(B, C, H, W)``, ``temb`` ``(B, temb_channels)``, ``e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..modeling import checkpointed
-from .blocks_common import _DownStack, _UpStack, make_resnet, resamplers, resnet_stack
+from .blocks_common import (
+    ResnetSettings,
+    _DownStack,
+    _UpStack,
+    down_widths,
+    resamplers,
+    resnet_layers,
+    score_sde_groups,
+    up_widths,
+)
 from .transformer import Transformer2DModel
 
 
@@ -38,7 +47,7 @@ def _heads_check(out_channels: int, num_attention_heads: int) -> int:
     return out_channels // num_attention_heads
 
 
-def _transformer_stack(
+def _transformer_factory(
     block: nn.Module,
     out_channels: int,
     num_attention_heads: int,
@@ -50,30 +59,28 @@ def _transformer_stack(
     use_linear_projection: bool,
     only_cross_attention: bool,
     upcast_attention: bool,
-) -> nn.ModuleList:
-    """The ``attentions`` of a cross-attention block: one Transformer2DModel per resnet, ``out_channels`` wide with
-    ``num_attention_heads`` heads. Sets the block's ``has_cross_attention`` / ``num_attention_heads``."""
+) -> Callable[[], Transformer2DModel]:
+    """A maker of the ``attentions`` of a cross-attention block, called once per layer: Transformer2DModel ``i``
+    is ``out_channels`` wide with ``num_attention_heads`` heads and ``transformer_layers_per_block[i]`` layers.
+    Checks the arguments at once and sets the block's ``has_cross_attention`` / ``num_attention_heads``."""
     if dual_cross_attention:
         raise ValueError(
             "dual_cross_attention=True (DualTransformer2DModel) is not supported; use dual_cross_attention=False"
         )
-    layers = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
+    layers = iter(_per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block"))
     head_dim = _heads_check(out_channels, num_attention_heads)
     block.has_cross_attention = True
     block.num_attention_heads = num_attention_heads
-    return nn.ModuleList(
-        Transformer2DModel(
-            num_attention_heads,
-            head_dim,
-            in_channels=out_channels,
-            num_layers=n,
-            cross_attention_dim=cross_attention_dim,
-            norm_num_groups=groups,
-            use_linear_projection=use_linear_projection,
-            only_cross_attention=only_cross_attention,
-            upcast_attention=upcast_attention,
-        )
-        for n in layers
+    return lambda: Transformer2DModel(
+        num_attention_heads,
+        head_dim,
+        in_channels=out_channels,
+        num_layers=next(layers),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=groups,
+        use_linear_projection=use_linear_projection,
+        only_cross_attention=only_cross_attention,
+        upcast_attention=upcast_attention,
     )
 
 
@@ -109,12 +116,14 @@ class CrossAttnDownBlock2D(_DownStack):
         attention_type: str = "default",
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r + (resnet_pre_norm,))
-        self.attentions = _transformer_stack(
+        rs = ResnetSettings.from_block_args(locals())
+        attention = _transformer_factory(
             self, out_channels, num_attention_heads, transformer_layers_per_block, num_layers, cross_attention_dim,
             resnet_groups, dual_cross_attention, use_linear_projection, only_cross_attention, upcast_attention,
         )  # fmt: skip
+        widths = down_widths(in_channels, out_channels, num_layers)
+        resnets, attentions = resnet_layers(widths, out_channels, rs, attention)
+        self.attentions, self.resnets = attentions, resnets
         self.downsamplers = resamplers(
             "conv" if add_downsample else None, False, out_channels, padding=downsample_padding
         )
@@ -169,14 +178,14 @@ class CrossAttnUpBlock2D(_UpStack):
     ) -> None:
         super().__init__()
         self.resolution_idx = resolution_idx
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(
-            in_channels, out_channels, temb_channels, num_layers, r + (resnet_pre_norm,), prev_output_channel
-        )
-        self.attentions = _transformer_stack(
+        rs = ResnetSettings.from_block_args(locals())
+        attention = _transformer_factory(
             self, out_channels, num_attention_heads, transformer_layers_per_block, num_layers, cross_attention_dim,
             resnet_groups, dual_cross_attention, use_linear_projection, only_cross_attention, upcast_attention,
         )  # fmt: skip
+        widths = up_widths(in_channels, prev_output_channel, out_channels, num_layers)
+        resnets, attentions = resnet_layers(widths, out_channels, rs, attention)
+        self.attentions, self.resnets = attentions, resnets
         self.upsamplers = resamplers("conv" if add_upsample else None, True, out_channels)
         self.gradient_checkpointing = False
 
@@ -226,17 +235,20 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         out_channels = out_channels or in_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
-        resnet_groups = resnet_groups if resnet_groups is not None else min(in_channels // 4, 32)
+        resnet_groups = resnet_groups if resnet_groups is not None else score_sde_groups(in_channels)
         groups_out = resnet_groups_out or resnet_groups
-        r = (dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor, resnet_pre_norm)
-        first_extra = {"groups_out": groups_out} if groups_out != resnet_groups else {}
-        first = make_resnet(in_channels, out_channels, temb_channels, resnet_eps, resnet_groups, *r, **first_extra)
-        rest = resnet_stack(out_channels, out_channels, temb_channels, num_layers, (resnet_eps, groups_out, *r))
-        self.resnets = nn.ModuleList([first, *rest])
-        self.attentions = _transformer_stack(
+        rs = ResnetSettings.from_block_args(locals(), groups=resnet_groups)
+        attention = _transformer_factory(
             self, out_channels, num_attention_heads, transformer_layers_per_block, num_layers, cross_attention_dim,
             groups_out, dual_cross_attention, use_linear_projection, False, upcast_attention,
         )  # fmt: skip
+        resnets = [rs.build(in_channels, out_channels, groups_out=groups_out)]
+        attentions = []
+        for _ in range(num_layers):
+            attentions.append(attention())
+            resnets.append(rs.build(out_channels, out_channels, groups=groups_out))
+        self.attentions = nn.ModuleList(attentions)
+        self.resnets = nn.ModuleList(resnets)
         self.gradient_checkpointing = False
 
     def forward(

@@ -4,12 +4,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .blocks_common import _DownStack, attention_stack, resamplers, resnet_stack, run_level
+from .blocks_common import (
+    ResnetSettings,
+    _DownStack,
+    down_widths,
+    resamplers,
+    resnet_layers,
+    run_level,
+    spatial_attention_factory,
+)
 
 
 class DownBlock2D(_DownStack):
@@ -32,8 +41,8 @@ class DownBlock2D(_DownStack):
         downsample_padding: int = 1,
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r)
+        rs = ResnetSettings.from_block_args(locals())
+        self.resnets = resnet_layers(down_widths(in_channels, out_channels, num_layers), out_channels, rs)[0]
         self.downsamplers = resamplers(
             "conv" if add_downsample else None, False, out_channels, padding=downsample_padding
         )
@@ -64,14 +73,15 @@ class AttnDownBlock2D(_DownStack):
         super().__init__()
         if downsample_type not in ("conv", "resnet", None):
             raise ValueError(f"downsample_type={downsample_type!r} must be 'conv', 'resnet' or None")
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
+        rs = ResnetSettings.from_block_args(locals())
         self.downsample_type = downsample_type
         self.resnet_downsampler = downsample_type == "resnet"
-        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r)
-        self.attentions = attention_stack(
-            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
+        attention = spatial_attention_factory(out_channels, attention_head_dim, rs, rs.groups)
+        resnets, attentions = resnet_layers(
+            down_widths(in_channels, out_channels, num_layers), out_channels, rs, attention
         )
-        self.downsamplers = resamplers(downsample_type, False, out_channels, temb_channels, r, downsample_padding)
+        self.attentions, self.resnets = attentions, resnets
+        self.downsamplers = resamplers(downsample_type, False, out_channels, rs, downsample_padding)
         self.gradient_checkpointing = False
 
 
@@ -97,16 +107,37 @@ class ResnetDownsampleBlock2D(_DownStack):
         skip_time_act: bool = False,
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(
-            in_channels, out_channels, temb_channels, num_layers, r, skip_time_act=skip_time_act
-        )
-        kind = "resnet" if add_downsample else None
-        self.downsamplers = resamplers(kind, False, out_channels, temb_channels, r, skip_time_act=skip_time_act)
+        rs = ResnetSettings.from_block_args(locals())
+        self.resnets = resnet_layers(down_widths(in_channels, out_channels, num_layers), out_channels, rs)[0]
+        self.downsamplers = resamplers("resnet" if add_downsample else None, False, out_channels, rs)
         self.gradient_checkpointing = False
 
 
-class DownEncoderBlock2D(nn.Module):
+class _EncoderLevel(nn.Module):
+    """A VAE encoder level: resnets (no time embedding), optionally a spatial self-attention after each, and an
+    optional downsampler. ``forward(x) -> x`` (no skips)."""
+
+    def _build(self, args: Mapping[str, Any], with_attention: bool) -> None:
+        rs = ResnetSettings.from_block_args(args)
+        out_channels = args["out_channels"]
+        attention = (
+            spatial_attention_factory(out_channels, args["attention_head_dim"], rs, rs.groups)
+            if with_attention
+            else None
+        )
+        widths = down_widths(args["in_channels"], out_channels, args["num_layers"])
+        resnets, attentions = resnet_layers(widths, out_channels, rs, attention)
+        if attentions is not None:
+            self.attentions = attentions
+        self.resnets = resnets
+        kind = "conv" if args["add_downsample"] else None
+        self.downsamplers = resamplers(kind, False, out_channels, padding=args["downsample_padding"])
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return run_level(self, hidden_states, None, self.downsamplers)
+
+
+class DownEncoderBlock2D(_EncoderLevel):
     """VAE encoder level: ``num_layers`` ResnetBlock2D (no time embedding) and an optional downsampler.
     ``forward(x) -> x`` (no skips)."""
 
@@ -126,17 +157,10 @@ class DownEncoderBlock2D(nn.Module):
         downsample_padding: int = 1,
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(in_channels, out_channels, None, num_layers, r)
-        self.downsamplers = resamplers(
-            "conv" if add_downsample else None, False, out_channels, padding=downsample_padding
-        )
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return run_level(self, hidden_states, None, self.downsamplers)
+        self._build(locals(), with_attention=False)
 
 
-class AttnDownEncoderBlock2D(DownEncoderBlock2D):
+class AttnDownEncoderBlock2D(_EncoderLevel):
     """DownEncoderBlock2D with a spatial self-attention after each resnet."""
 
     def __init__(
@@ -155,20 +179,5 @@ class AttnDownEncoderBlock2D(DownEncoderBlock2D):
         add_downsample: bool = True,
         downsample_padding: int = 1,
     ) -> None:
-        super().__init__(
-            in_channels,
-            out_channels,
-            dropout,
-            num_layers,
-            resnet_eps,
-            resnet_time_scale_shift,
-            resnet_act_fn,
-            resnet_groups,
-            resnet_pre_norm,
-            output_scale_factor,
-            add_downsample,
-            downsample_padding,
-        )
-        self.attentions = attention_stack(
-            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
-        )
+        super().__init__()
+        self._build(locals(), with_attention=True)

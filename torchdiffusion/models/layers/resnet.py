@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
-from .fast import conv2d, group_norm_act, residual_add
-from .fast import needs_graph as _graph
-from .sampling import Downsample2D, Upsample2D, fir_downsample_2d, fir_upsample_2d
+from .cpu_kernels import conv2d, group_norm_act, residual_add
+from .cpu_kernels import needs_graph as _graph
+from .resampling import Downsample2D, Upsample2D, fir_downsample_2d, fir_upsample_2d
 
 TIME_EMBEDDING_NORMS = ("default", "scale_shift")
 

@@ -9,65 +9,51 @@ and return ``(hidden_states, skip_sample)``. Group counts are ``min(channels // 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .blocks_common import _DownStack, make_resnet, make_spatial_attention
-from .fast import conv2d, group_norm_act
-from .resnet import ResnetBlock2D
-from .sampling import FirDownsample2D, FirUpsample2D
+from .blocks_common import ResnetSettings, _DownStack, check_head_dim, make_spatial_attention, score_sde_groups
+from .cpu_kernels import conv2d, group_norm_act
+from .resampling import FirDownsample2D, FirUpsample2D
 
 SQRT2 = math.sqrt(2.0)
 
 
-def _groups(channels: int) -> int:
-    return min(channels // 4, 32)
+def _attention_factory(args: Mapping[str, Any]) -> Callable[[], nn.Module]:
+    """The skip blocks' spatial self-attention (32 groups, as in Diffusers) from the block's arguments."""
+    channels, head_dim = args["out_channels"], args["attention_head_dim"]
+    eps, scale = args["resnet_eps"], args["output_scale_factor"]
+    check_head_dim(channels, head_dim)
+    return lambda: make_spatial_attention(channels, head_dim, eps, 32, scale)
 
 
-def _resnet(cin: int, cout: int, r: tuple, groups: int, **extra: Any) -> ResnetBlock2D:
-    """A resnet from ``r = (temb_channels, eps, dropout, norm, act, scale)``; output groups follow ``cout``."""
-    temb, eps, dropout, norm, act, scale = r
-    return make_resnet(cin, cout, temb, eps, groups, dropout, norm, act, scale, groups_out=_groups(cout), **extra)
+class _SkipDown(_DownStack):
+    """Shared build and forward of the skip down blocks."""
 
-
-class SkipDownBlock2D(_DownStack):
-    """``num_layers`` resnets; with ``add_downsample`` a FIR down-sampling resnet plus the image skip path."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        temb_channels: int | None,
-        dropout: float = 0.0,
-        num_layers: int = 1,
-        resnet_eps: float = 1e-6,
-        resnet_time_scale_shift: str = "default",
-        resnet_act_fn: str = "swish",
-        resnet_pre_norm: bool = True,
-        output_scale_factor: float = SQRT2,
-        add_downsample: bool = True,
-        downsample_padding: int = 1,
-    ) -> None:
-        super().__init__()
-        r = (temb_channels, resnet_eps, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
+    def _build(self, args: Mapping[str, Any], with_attention: bool) -> None:
+        rs = ResnetSettings.from_block_args(args)
+        out_channels, num_layers = args["out_channels"], args["num_layers"]
+        attention = _attention_factory(args) if with_attention else None
+        if attention is not None:
+            self.attentions = nn.ModuleList()
         self.resnets = nn.ModuleList()
         for i in range(num_layers):
-            cin = in_channels if i == 0 else out_channels
-            self.resnets.append(_resnet(cin, out_channels, r, _groups(cin)))
-        self._add_attentions(out_channels, num_layers)
-        if add_downsample:
+            cin = args["in_channels"] if i == 0 else out_channels
+            self.resnets.append(
+                rs.build(cin, out_channels, groups=score_sde_groups(cin), groups_out=score_sde_groups(out_channels))
+            )
+            if attention is not None:
+                self.attentions.append(attention())
+        if args["add_downsample"]:
             fir = dict(use_in_shortcut=True, down=True, kernel="fir")
-            self.resnet_down = _resnet(out_channels, out_channels, r, _groups(out_channels), **fir)
+            self.resnet_down = rs.build(out_channels, out_channels, groups=score_sde_groups(out_channels), **fir)
             self.downsamplers = nn.ModuleList([FirDownsample2D(out_channels, out_channels=out_channels)])
             self.skip_conv = nn.Conv2d(3, out_channels, kernel_size=(1, 1), stride=(1, 1))
         else:
             self.resnet_down = self.downsamplers = self.skip_conv = None
-
-    def _add_attentions(self, channels: int, num_layers: int) -> None:
-        pass
 
     def forward(
         self,
@@ -87,7 +73,29 @@ class SkipDownBlock2D(_DownStack):
         return hidden_states, states, skip_sample
 
 
-class AttnSkipDownBlock2D(SkipDownBlock2D):
+class SkipDownBlock2D(_SkipDown):
+    """``num_layers`` resnets; with ``add_downsample`` a FIR down-sampling resnet plus the image skip path."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_channels: int | None,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_pre_norm: bool = True,
+        output_scale_factor: float = SQRT2,
+        add_downsample: bool = True,
+        downsample_padding: int = 1,
+    ) -> None:
+        super().__init__()
+        self._build(locals(), with_attention=False)
+
+
+class AttnSkipDownBlock2D(_SkipDown):
     """SkipDownBlock2D with a spatial self-attention (32 groups) after each resnet."""
 
     def __init__(
@@ -105,75 +113,45 @@ class AttnSkipDownBlock2D(SkipDownBlock2D):
         output_scale_factor: float = SQRT2,
         add_downsample: bool = True,
     ) -> None:
-        self._head_dim, self._eps, self._scale = attention_head_dim, resnet_eps, output_scale_factor
-        super().__init__(
-            in_channels,
-            out_channels,
-            temb_channels,
-            dropout,
-            num_layers,
-            resnet_eps,
-            resnet_time_scale_shift,
-            resnet_act_fn,
-            resnet_pre_norm,
-            output_scale_factor,
-            add_downsample,
-        )
-
-    def _add_attentions(self, channels: int, num_layers: int) -> None:
-        self.attentions = nn.ModuleList(
-            make_spatial_attention(channels, self._head_dim, self._eps, 32, self._scale) for _ in range(num_layers)
-        )
+        super().__init__()
+        self._build(locals(), with_attention=True)
 
 
-class SkipUpBlock2D(nn.Module):
-    """``num_layers`` x (concat skip -> resnet); the image path is FIR-upsampled and, with ``add_upsample``, gets
-    this level's ``skip_conv(act(skip_norm(h)))``; then a FIR up-sampling resnet."""
+class _SkipUp(nn.Module):
+    """Shared build and forward of the skip up blocks: ``num_layers`` x (concat skip -> resnet), optionally one
+    attention; the image path is FIR-upsampled and, with ``add_upsample``, gets this level's
+    ``skip_conv(act(skip_norm(h)))``; then a FIR up-sampling resnet."""
 
     has_cross_attention = False
 
-    def __init__(
-        self,
-        in_channels: int,
-        prev_output_channel: int,
-        out_channels: int,
-        temb_channels: int | None,
-        resolution_idx: int | None = None,
-        dropout: float = 0.0,
-        num_layers: int = 1,
-        resnet_eps: float = 1e-6,
-        resnet_time_scale_shift: str = "default",
-        resnet_act_fn: str = "swish",
-        resnet_pre_norm: bool = True,
-        output_scale_factor: float = SQRT2,
-        add_upsample: bool = True,
-        upsample_padding: int = 1,
-    ) -> None:
-        super().__init__()
-        r = (temb_channels, resnet_eps, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
+    def _build(self, args: Mapping[str, Any], with_attention: bool) -> None:
+        rs = ResnetSettings.from_block_args(args)
+        in_channels, out_channels, num_layers = args["in_channels"], args["out_channels"], args["num_layers"]
+        if with_attention:
+            self.attentions = nn.ModuleList()
         self.resnets = nn.ModuleList()
         for i in range(num_layers):
             skip = in_channels if i == num_layers - 1 else out_channels
-            prev = prev_output_channel if i == 0 else out_channels
-            self.resnets.append(_resnet(prev + skip, out_channels, r, self._first_groups(prev, skip)))
-        self._add_attentions(out_channels)
+            prev = args["prev_output_channel"] if i == 0 else out_channels
+            # AttnSkipUpBlock2D keeps Diffusers' operator precedence (prev + skip // 4) for identical checkpoints
+            groups = min(prev + skip // 4, 32) if with_attention else score_sde_groups(prev + skip)
+            self.resnets.append(
+                rs.build(prev + skip, out_channels, groups=groups, groups_out=score_sde_groups(out_channels))
+            )
+        if with_attention:
+            self.attentions.append(_attention_factory(args)())
         self.upsampler = FirUpsample2D(in_channels, out_channels=out_channels)
-        if add_upsample:
+        if args["add_upsample"]:
             fir = dict(use_in_shortcut=True, up=True, kernel="fir")
-            self.resnet_up = _resnet(out_channels, out_channels, r, _groups(out_channels), **fir)
+            self.resnet_up = rs.build(out_channels, out_channels, groups=score_sde_groups(out_channels), **fir)
             self.skip_conv = nn.Conv2d(out_channels, 3, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
-            self.skip_norm = nn.GroupNorm(_groups(out_channels), out_channels, eps=resnet_eps, affine=True)
+            self.skip_norm = nn.GroupNorm(
+                score_sde_groups(out_channels), out_channels, eps=args["resnet_eps"], affine=True
+            )
             self.act = nn.SiLU()
         else:
             self.resnet_up = self.skip_conv = self.skip_norm = self.act = None
-        self.resolution_idx = resolution_idx
-
-    @staticmethod
-    def _first_groups(prev: int, skip: int) -> int:
-        return _groups(prev + skip)
-
-    def _add_attentions(self, channels: int) -> None:
-        pass
+        self.resolution_idx = args["resolution_idx"]
 
     def forward(
         self,
@@ -197,7 +175,32 @@ class SkipUpBlock2D(nn.Module):
         return hidden_states, skip_sample
 
 
-class AttnSkipUpBlock2D(SkipUpBlock2D):
+class SkipUpBlock2D(_SkipUp):
+    """``num_layers`` x (concat skip -> resnet); the image path is FIR-upsampled and, with ``add_upsample``, gets
+    this level's ``skip_conv(act(skip_norm(h)))``; then a FIR up-sampling resnet."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        temb_channels: int | None,
+        resolution_idx: int | None = None,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        resnet_time_scale_shift: str = "default",
+        resnet_act_fn: str = "swish",
+        resnet_pre_norm: bool = True,
+        output_scale_factor: float = SQRT2,
+        add_upsample: bool = True,
+        upsample_padding: int = 1,
+    ) -> None:
+        super().__init__()
+        self._build(locals(), with_attention=False)
+
+
+class AttnSkipUpBlock2D(_SkipUp):
     """SkipUpBlock2D with one spatial self-attention (32 groups) after the resnets."""
 
     def __init__(
@@ -217,26 +220,5 @@ class AttnSkipUpBlock2D(SkipUpBlock2D):
         output_scale_factor: float = SQRT2,
         add_upsample: bool = True,
     ) -> None:
-        self._head_dim, self._eps, self._scale = attention_head_dim, resnet_eps, output_scale_factor
-        super().__init__(
-            in_channels,
-            prev_output_channel,
-            out_channels,
-            temb_channels,
-            resolution_idx,
-            dropout,
-            num_layers,
-            resnet_eps,
-            resnet_time_scale_shift,
-            resnet_act_fn,
-            resnet_pre_norm,
-            output_scale_factor,
-            add_upsample,
-        )
-
-    @staticmethod
-    def _first_groups(prev: int, skip: int) -> int:
-        return min(prev + skip // 4, 32)  # Diffusers' operator precedence, kept for identical checkpoints
-
-    def _add_attentions(self, channels: int) -> None:
-        self.attentions = nn.ModuleList([make_spatial_attention(channels, self._head_dim, self._eps, 32, self._scale)])
+        super().__init__()
+        self._build(locals(), with_attention=True)

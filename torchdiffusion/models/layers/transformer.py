@@ -16,7 +16,7 @@ from torch import nn
 
 from ..modeling import checkpointed
 from .attention import Attention
-from .fast import needs_graph, residual_add
+from .cpu_kernels import needs_graph, residual_add
 
 
 class GEGLU(nn.Module):

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from .blocks_common import UNetMidBlock2D, make_resnet, make_spatial_attention
+from .blocks_common import UNetMidBlock2D
 from .down_blocks import (
     AttnDownBlock2D,
     AttnDownEncoderBlock2D,
@@ -41,8 +41,6 @@ __all__ = [
     "UpDecoderBlock2D",
     "get_down_block",
     "get_up_block",
-    "make_resnet",
-    "make_spatial_attention",
 ]
 
 DOWN_BLOCK_TYPES = (

@@ -4,10 +4,22 @@ their down twin's skips (``res_hidden_states_tuple``, consumed last first); inpu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from .blocks_common import _UpStack, attention_stack, resamplers, resnet_stack, run_level
+from .blocks_common import (
+    ResnetSettings,
+    _UpStack,
+    down_widths,
+    resamplers,
+    resnet_layers,
+    run_level,
+    spatial_attention_factory,
+    up_widths,
+)
 
 
 class UpBlock2D(_UpStack):
@@ -31,8 +43,9 @@ class UpBlock2D(_UpStack):
         add_upsample: bool = True,
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r, prev_output_channel)
+        rs = ResnetSettings.from_block_args(locals())
+        widths = up_widths(in_channels, prev_output_channel, out_channels, num_layers)
+        self.resnets = resnet_layers(widths, out_channels, rs)[0]
         self.upsamplers = resamplers("conv" if add_upsample else None, True, out_channels)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
@@ -62,14 +75,14 @@ class AttnUpBlock2D(_UpStack):
         super().__init__()
         if upsample_type not in ("conv", "resnet", None):
             raise ValueError(f"upsample_type={upsample_type!r} must be 'conv', 'resnet' or None")
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
+        rs = ResnetSettings.from_block_args(locals())
         self.upsample_type = upsample_type
         self.resnet_upsampler = upsample_type == "resnet"
-        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r, prev_output_channel)
-        self.attentions = attention_stack(
-            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
-        )
-        self.upsamplers = resamplers(upsample_type, True, out_channels, temb_channels, r)
+        attention = spatial_attention_factory(out_channels, attention_head_dim, rs, rs.groups)
+        widths = up_widths(in_channels, prev_output_channel, out_channels, num_layers)
+        resnets, attentions = resnet_layers(widths, out_channels, rs, attention)
+        self.attentions, self.resnets = attentions, resnets
+        self.upsamplers = resamplers(upsample_type, True, out_channels, rs)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 
@@ -101,17 +114,39 @@ class ResnetUpsampleBlock2D(_UpStack):
         skip_time_act: bool = False,
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(
-            in_channels, out_channels, temb_channels, num_layers, r, prev_output_channel, skip_time_act=skip_time_act
-        )
-        kind = "resnet" if add_upsample else None
-        self.upsamplers = resamplers(kind, True, out_channels, temb_channels, r, skip_time_act=skip_time_act)
+        rs = ResnetSettings.from_block_args(locals())
+        widths = up_widths(in_channels, prev_output_channel, out_channels, num_layers)
+        self.resnets = resnet_layers(widths, out_channels, rs)[0]
+        self.upsamplers = resamplers("resnet" if add_upsample else None, True, out_channels, rs)
         self.gradient_checkpointing = False
         self.resolution_idx = resolution_idx
 
 
-class UpDecoderBlock2D(nn.Module):
+class _DecoderLevel(nn.Module):
+    """A VAE decoder level: resnets, optionally a spatial self-attention after each, and an optional nearest x2 +
+    conv. ``forward(x, temb=None) -> x``."""
+
+    def _build(self, args: Mapping[str, Any], with_attention: bool) -> None:
+        rs = ResnetSettings.from_block_args(args)
+        out_channels = args["out_channels"]
+        attention = (
+            spatial_attention_factory(out_channels, args["attention_head_dim"], rs, rs.groups)
+            if with_attention
+            else None
+        )
+        widths = down_widths(args["in_channels"], out_channels, args["num_layers"])
+        resnets, attentions = resnet_layers(widths, out_channels, rs, attention)
+        if attentions is not None:
+            self.attentions = attentions
+        self.resnets = resnets
+        self.upsamplers = resamplers("conv" if args["add_upsample"] else None, True, out_channels)
+        self.resolution_idx = args["resolution_idx"]
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        return run_level(self, hidden_states, temb, self.upsamplers)
+
+
+class UpDecoderBlock2D(_DecoderLevel):
     """VAE decoder level: ``num_layers`` ResnetBlock2D and an optional nearest x2 + conv. ``forward(x, temb=None)``."""
 
     def __init__(
@@ -131,16 +166,10 @@ class UpDecoderBlock2D(nn.Module):
         temb_channels: int | None = None,
     ) -> None:
         super().__init__()
-        r = (resnet_eps, resnet_groups, dropout, resnet_time_scale_shift, resnet_act_fn, output_scale_factor)
-        self.resnets = resnet_stack(in_channels, out_channels, temb_channels, num_layers, r)
-        self.upsamplers = resamplers("conv" if add_upsample else None, True, out_channels)
-        self.resolution_idx = resolution_idx
-
-    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        return run_level(self, hidden_states, temb, self.upsamplers)
+        self._build(locals(), with_attention=False)
 
 
-class AttnUpDecoderBlock2D(UpDecoderBlock2D):
+class AttnUpDecoderBlock2D(_DecoderLevel):
     """UpDecoderBlock2D with a spatial self-attention after each resnet."""
 
     def __init__(
@@ -160,21 +189,5 @@ class AttnUpDecoderBlock2D(UpDecoderBlock2D):
         add_upsample: bool = True,
         temb_channels: int | None = None,
     ) -> None:
-        super().__init__(
-            in_channels,
-            out_channels,
-            resolution_idx,
-            dropout,
-            num_layers,
-            resnet_eps,
-            resnet_time_scale_shift,
-            resnet_act_fn,
-            resnet_groups,
-            resnet_pre_norm,
-            output_scale_factor,
-            add_upsample,
-            temb_channels,
-        )
-        self.attentions = attention_stack(
-            out_channels, attention_head_dim, resnet_eps, resnet_groups, output_scale_factor, num_layers
-        )
+        super().__init__()
+        self._build(locals(), with_attention=True)

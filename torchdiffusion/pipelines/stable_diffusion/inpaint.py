@@ -13,10 +13,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .denoise import check_finite_number, check_latents, check_positive_int
-from .sd_common import StableDiffusionMixin
-from .sd_images import (
+from ...utils.torch_utils import GeneratorArg, randn_tensor
+from ..denoise import add_noise_at, check_finite_number, check_latents, check_positive_int
+from .base import StableDiffusionMixin
+from .call import SDCall
+from .image_inputs import (
     crop_for_inpainting,
     expand_to_batch,
     mask_crop_region,
@@ -24,7 +25,7 @@ from .sd_images import (
     preprocess_image,
     preprocess_mask,
 )
-from .sd_latents import StableDiffusionPipelineOutput
+from .latent_images import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionInpaintPipeline"]
 
@@ -74,7 +75,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         back into the full-size image (outside the mask the original pixels are kept). Other arguments as
         :meth:`StableDiffusionPipeline.__call__`.
         """
-        a = self._arguments(locals())
+        call = SDCall.from_arguments(locals())
         if image is None:
             raise ValueError("image is missing: pass the image to inpaint")
         if mask_image is None:
@@ -84,17 +85,18 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         if channels not in (latent_channels, 2 * latent_channels + 1):
             raise ValueError(f"unet has {channels} input channels; inpainting needs 4 or 9 (latents, mask, image)")
         check_finite_number(strength, "strength", 0.0, 1.0)
-        height, width = self._default_size(height, width)
+        height, width = call.height, call.width = self._default_size(height, width)
         self._check_size(height, width)
-        total = self._check_common(a)
+        self._check_call(call)
         f = self.vae_scale_factor
         box = None
+        to_inpaint, mask_to_use = image, mask_image
         if padding_mask_crop is not None:
             box = self._check_padding_mask_crop(padding_mask_crop, image, mask_image, output_type, width, height)
-            image, mask_image = crop_for_inpainting(image, mask_image, box, width, height)
-        pixels = preprocess_image(image, height, width, f, latent_channels=None)
-        mask = preprocess_mask(mask_image, height, width, f)
-        shape = (total, latent_channels, height // f, width // f)
+            to_inpaint, mask_to_use = crop_for_inpainting(image, mask_image, box, width, height)
+        call.image = preprocess_image(to_inpaint, height, width, f, latent_channels=None)
+        call.mask = preprocess_mask(mask_to_use, height, width, f)
+        shape = (call.batch_size, latent_channels, height // f, width // f)
         if latents is not None:
             check_latents(latents, shape, f)
         if masked_image_latents is not None and (
@@ -104,10 +106,10 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
                 f"masked_image_latents must have shape (batch, {latent_channels}, {height // f}, "
                 f"{width // f}), got {tuple(getattr(masked_image_latents, 'shape', ()))}"
             )
-        out = self._run(a, lambda call: self._inpaint(call, a, total, pixels, mask))
+        out = self._run(self._inpaint, call)
         if box is not None:  # paste the inpainted crops back into the original image
             images, nsfw = (out.images, out.nsfw_content_detected) if return_dict else out
-            images = [paste_inpainted(a.image, a.mask_image, im, box) for im in images]
+            images = [paste_inpainted(image, mask_image, im, box) for im in images]
             out = StableDiffusionPipelineOutput(images, nsfw) if return_dict else (images, nsfw)
         return out
 
@@ -131,12 +133,14 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
             raise ValueError(f"output_type must be 'pil' when padding_mask_crop is set, got {output_type!r}")
         return mask_crop_region(mask_image, width, height, padding_mask_crop)
 
-    def _inpaint(self, call: Any, a: Any, total: int, pixels: torch.Tensor, mask: torch.Tensor):
-        """The inpainting run for the checked arguments ``a``: ``pixels`` (B, 3, H, W) in [-1, 1], ``mask``
+    def _inpaint(self, call: SDCall) -> StableDiffusionPipelineOutput | tuple:
+        """The inpainting run for a checked ``call``: ``call.image`` (B, 3, H, W) in [-1, 1], ``call.mask``
         (B, 1, H, W) of 0/1."""
-        state, scheduler, steps = self._prepare_denoising(call, a, a.strength)
-        device, dtype, generator, latents = self.device, state["prompt_embeds"].dtype, a.generator, a.latents
-        full_strength = a.strength == 1.0
+        state = self._prepare_denoising(call)
+        scheduler, steps, total = call.scheduler, call.timesteps, call.batch_size
+        device, dtype, generator, latents = self.device, state["prompt_embeds"].dtype, call.generator, call.latents
+        pixels, mask = call.image, call.mask
+        full_strength = call.strength == 1.0
         blend = self.unet.config.in_channels == self.vae.config.latent_channels
 
         if isinstance(generator, (list, tuple)):  # one generator per image: each image is encoded with its own
@@ -152,20 +156,20 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
             if full_strength:
                 latents = noise * scheduler.init_noise_sigma
             else:
-                latents = scheduler.add_noise(image_latents, noise, steps[:1].repeat(total))
+                latents = add_noise_at(scheduler, image_latents, noise, call.begin_index)
         else:
             noise = latents.to(device)
             latents = noise * scheduler.init_noise_sigma
 
         # The UNet's extra inputs: the mask at latent size and the latents of the image with the hole cut out.
-        masked_image_latents = a.masked_image_latents
+        masked_image_latents = call.masked_image_latents
         if masked_image_latents is None:
             masked_image_latents = self._encode_images(pixels * (mask < 0.5), generator)
         masked_image_latents = expand_to_batch(masked_image_latents.to(device=device, dtype=dtype), total, "image")
         small_mask = expand_to_batch(
             F.interpolate(mask, size=(h, w)).to(device=device, dtype=dtype), total, "mask_image"
         )
-        cfg = self.do_classifier_free_guidance
+        cfg = self._guides(call)
         state["mask"] = torch.cat([small_mask] * 2) if cfg else small_mask
         state["masked_image_latents"] = torch.cat([masked_image_latents] * 2) if cfg else masked_image_latents
         after_step = None
@@ -179,4 +183,4 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
                 return (1 - keep) * known + keep * x
 
         extra = () if blend else ("mask", "masked_image_latents")
-        return self._denoise_and_finish(call, a, total, scheduler, steps, latents, state, extra, after_step)
+        return self._denoise_and_finish(call, latents, state, extra, after_step)

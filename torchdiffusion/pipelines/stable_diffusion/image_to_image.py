@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from ..utils.torch_utils import GeneratorArg, randn_tensor
-from .denoise import check_finite_number
-from .sd_common import StableDiffusionMixin
-from .sd_images import expand_to_batch, preprocess_image
-from .sd_latents import StableDiffusionPipelineOutput
+from ...utils.torch_utils import GeneratorArg, randn_tensor
+from ..denoise import add_noise_at, check_finite_number
+from .base import StableDiffusionMixin
+from .call import SDCall
+from .image_inputs import expand_to_batch, preprocess_image
+from .latent_images import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionImg2ImgPipeline"]
 
@@ -50,28 +51,43 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionMixin):
         or latents (batch, 4, h, w)) following ``prompt``. ``strength`` in [0, 1]: how much of the schedule is
         run (1: start from pure noise). Other arguments as :meth:`StableDiffusionPipeline.__call__`.
         """
-        a = self._arguments(locals())
+        call = SDCall.from_arguments(locals())
         if image is None:
             raise ValueError("image is missing: pass the image to transform")
         check_finite_number(strength, "strength", 0.0, 1.0)
-        total = self._check_common(a)
-        pixels = preprocess_image(
+        self._check_call(call)
+        call.image = preprocess_image(
             image, vae_scale_factor=self.vae_scale_factor, latent_channels=self.vae.config.latent_channels
         )
+        return self._run(self._generate, call)
 
-        def generate(call: Any) -> StableDiffusionPipelineOutput | tuple:
-            state, scheduler, steps = self._prepare_denoising(call, a, strength)
-            dtype = state["prompt_embeds"].dtype
-            first = steps[:1].repeat(total)
-            latents = self.prepare_image_latents(pixels, first, total, dtype, self.device, generator, scheduler)
-            return self._denoise_and_finish(call, a, total, scheduler, steps, latents, state)
-
-        return self._run(a, generate)
+    def _generate(self, call: SDCall) -> StableDiffusionPipelineOutput | tuple:
+        state = self._prepare_denoising(call)
+        latents = self.prepare_image_latents(
+            call.image,
+            call.batch_size,
+            state["prompt_embeds"].dtype,
+            self.device,
+            call.generator,
+            scheduler=call.scheduler,
+            begin_index=call.begin_index,
+        )
+        return self._denoise_and_finish(call, latents, state)
 
     def prepare_image_latents(
-        self, pixels: torch.Tensor, timestep: torch.Tensor, total: int, dtype, device, generator, scheduler
+        self,
+        pixels: torch.Tensor,
+        total: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        generator: Any,
+        *,
+        scheduler: Any,
+        begin_index: int,
     ) -> torch.Tensor:
-        """Encode ``pixels`` (or take them as latents), repeat to ``total`` and noise them to ``timestep``."""
+        """Encode ``pixels`` (batch, 3, H, W) in [-1, 1] (or take them as latents (batch, 4, H/8, W/8)), repeat to
+        ``total`` images and noise them to the level of ``scheduler.timesteps[begin_index]``, where the run starts
+        (``scheduler``: the call's own copy)."""
         pixels = pixels.to(device=device, dtype=dtype)
         if pixels.shape[1] == self.vae.config.latent_channels:
             init = pixels
@@ -81,4 +97,4 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionMixin):
             init = self._encode_images(pixels, generator)
         init = expand_to_batch(init.to(dtype), total, "image")
         noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
-        return scheduler.add_noise(init, noise, timestep)
+        return add_noise_at(scheduler, init, noise, begin_index)

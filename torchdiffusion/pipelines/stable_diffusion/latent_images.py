@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..utils.images import postprocess
-from ..utils.outputs import BaseOutput
+from ...utils.images import postprocess
+from ...utils.outputs import BaseOutput
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ class StableDiffusionPipelineOutput(BaseOutput):
 
 
 class LatentImagesMixin:
-    """VAE and safety-checker steps of :class:`~torchdiffusion.pipelines.sd_common.StableDiffusionMixin` (reads
-    ``vae``, ``safety_checker``, ``feature_extractor`` and ``device``)."""
+    """VAE and safety-checker steps of the Stable Diffusion pipelines (reads ``vae``, ``safety_checker``,
+    ``feature_extractor`` and ``device``)."""
 
     def _encode_images(self, images: torch.Tensor, generator: Any) -> torch.Tensor:
         """Pixels (batch, 3, H, W) in [-1, 1] -> scaled latents, sampled with one generator per image if a list."""

@@ -4,25 +4,24 @@
 ``scheduler``, optional ``safety_checker`` / ``feature_extractor``) and the steps every SD call takes: check the
 arguments at the door, encode the prompt with CLIP, draw the initial latents, build the guided ``predict`` that
 :func:`~torchdiffusion.pipelines.denoise.denoise` runs, and decode (with an fp32 retry when an fp16 VAE
-overflows). Per-call values (guidance scale, step count...) live in thread-local state, so one pipeline object can
-serve several threads while callbacks still read and set ``pipe.guidance_scale`` / ``pipe._interrupt``.
+overflows). Each step takes the call's :class:`~torchdiffusion.pipelines.stable_diffusion.call.SDCall`, so one
+pipeline object can serve several threads while callbacks still read and set ``pipe.guidance_scale`` /
+``pipe._interrupt``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from ..core.guidance import classifier_free_guidance, rescale_guidance
-from ..utils.images import check_output_type
-from ..utils.torch_utils import check_generator, randn_tensor
-from .denoise import (
+from ...core.guidance import classifier_free_guidance, rescale_guidance
+from ...utils.images import check_output_type
+from ...utils.torch_utils import check_generator, randn_tensor
+from ..denoise import (
     check_finite_number,
     check_latents,
     check_positive_int,
@@ -31,46 +30,13 @@ from .denoise import (
     set_timesteps,
     strength_timesteps,
 )
-from .pipeline import DiffusionPipeline
-from .sd_latents import LatentImagesMixin
-from .sd_prompts import PromptEncodingMixin, check_prompt_arguments
+from ..pipeline import DiffusionPipeline
+from .call import SDCall, call_property, enter_call, exit_call
+from .latent_images import LatentImagesMixin
+from .prompts import PromptEncodingMixin, check_prompt_arguments
 
 logger = logging.getLogger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-class _CallState:
-    __slots__ = (
-        "guidance_scale",
-        "guidance_rescale",
-        "clip_skip",
-        "cross_attention_kwargs",
-        "num_timesteps",
-        "interrupt",
-    )
-
-    def __init__(self, **values: Any) -> None:
-        self.num_timesteps = 0
-        self.interrupt = False
-        for k, v in values.items():
-            setattr(self, k, v)
-
-
-_CALLS = threading.local()  # .states: {id(pipeline): _CallState} for the calls running in this thread
-
-
-def _state_property(name: str, default: Any = None) -> property:
-    def get(self):
-        state = getattr(_CALLS, "states", {}).get(id(self))
-        return default if state is None else getattr(state, name)
-
-    def set_(self, value):
-        state = getattr(_CALLS, "states", {}).get(id(self))
-        if state is None:
-            raise AttributeError(f"{name} can only be set during a pipeline call (e.g. from callback_on_step_end)")
-        setattr(state, name, value)
-
-    return property(get, set_, doc=f"The current call's ``{name}`` (``{default}`` outside a call).")
 
 
 def _fix_legacy_configs(scheduler: Any, unet: Any) -> None:
@@ -94,6 +60,11 @@ def _fix_legacy_configs(scheduler: Any, unet: Any) -> None:
     if old and isinstance(size, int) and size < 64:
         logger.warning("unet config (diffusers %s) has sample_size=%s; SD checkpoints use 64, using 64", version, size)
         unet.register_to_config(sample_size=64)
+
+
+def _guides(guidance_scale: float | None, unet: Any) -> bool:
+    """Classifier-free guidance is on: a scale > 1 and a UNet that does not take the scale as an input."""
+    return guidance_scale is not None and guidance_scale > 1 and unet.config.get("time_cond_proj_dim") is None
 
 
 def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32):
@@ -148,41 +119,27 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
 
-    # ---- per-call state (thread-local) -----------------------------------------------------------------
-    guidance_scale = _state_property("guidance_scale")
+    # ---- the running call's values (Diffusers-compatible properties; see call.py) ---------------------------
+    guidance_scale = call_property("guidance_scale")
     _guidance_scale = guidance_scale
-    guidance_rescale = _state_property("guidance_rescale", 0.0)
-    clip_skip = _state_property("clip_skip")
-    cross_attention_kwargs = _state_property("cross_attention_kwargs")
-    num_timesteps = _state_property("num_timesteps", 0)
+    guidance_rescale = call_property("guidance_rescale")
+    clip_skip = call_property("clip_skip")
+    cross_attention_kwargs = call_property("cross_attention_kwargs")
+    num_timesteps = call_property("num_timesteps")
     _num_timesteps = num_timesteps
-    interrupt = _state_property("interrupt", False)
+    interrupt = call_property("interrupt")
     _interrupt = interrupt
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        g = self.guidance_scale
-        return g is not None and g > 1 and self.unet.config.get("time_cond_proj_dim") is None
-
-    def _begin_call(self, **values: Any) -> tuple[_CallState, _CallState | None]:
-        states = getattr(_CALLS, "states", None)
-        if states is None:
-            states = _CALLS.states = {}
-        previous = states.get(id(self))
-        states[id(self)] = state = _CallState(**values)
-        return state, previous
-
-    def _end_call(self, previous: _CallState | None) -> None:
-        if previous is None:
-            _CALLS.states.pop(id(self), None)
-        else:
-            _CALLS.states[id(self)] = previous
+        """Whether the running (else the last) call guides: ``guidance_scale`` > 1 and no guidance-distilled UNet."""
+        return _guides(self.guidance_scale, self.unet)
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path_or_dict: Any, **kwargs: Any):
         """Build the pipeline from one original SD 1.x / 2.x checkpoint (``.safetensors`` or ``.ckpt``); see
         :func:`torchdiffusion.single_file.load_pipeline_from_single_file`. Never downloads."""
-        from ..single_file import load_pipeline_from_single_file
+        from ...single_file import load_pipeline_from_single_file
 
         return load_pipeline_from_single_file(cls, pretrained_model_link_or_path_or_dict, **kwargs)
 
@@ -193,95 +150,85 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
         return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
 
     # ---- the steps of a call ----------------------------------------------------------------------------
-    def _arguments(self, arguments: dict[str, Any]) -> SimpleNamespace:
-        """A call's arguments (``locals()`` at the top of ``__call__``) as attributes; a Diffusers
-        ``PipelineCallback`` object brings its own ``tensor_inputs``."""
-        a = SimpleNamespace(**{k: v for k, v in arguments.items() if k not in ("self", "__class__")})
-        if hasattr(a.callback_on_step_end, "tensor_inputs"):
-            a.callback_on_step_end_tensor_inputs = a.callback_on_step_end.tensor_inputs
-        return a
+    def _guides(self, call: SDCall) -> bool:
+        """Whether ``call`` starts with classifier-free guidance (a callback may still switch it off)."""
+        return _guides(call.guidance_scale, self.unet)
 
-    def _check_common(self, a: SimpleNamespace) -> int:
-        """Validate the arguments every SD pipeline takes (see :meth:`_arguments`); return the number of images
-        (prompts x per prompt)."""
-        batch = check_prompt_arguments(a.prompt, a.prompt_embeds, a.negative_prompt, a.negative_prompt_embeds)
-        if a.timesteps is None and a.sigmas is None:
-            check_positive_int(a.num_inference_steps, "num_inference_steps")
-        elif a.timesteps is not None and a.sigmas is not None:
+    def _check_call(self, call: SDCall) -> None:
+        """Validate the arguments every SD pipeline takes; set ``call.batch_size`` (prompts x per prompt)."""
+        batch = check_prompt_arguments(
+            call.prompt, call.prompt_embeds, call.negative_prompt, call.negative_prompt_embeds
+        )
+        if call.custom_timesteps is None and call.sigmas is None:
+            check_positive_int(call.num_inference_steps, "num_inference_steps")
+        elif call.custom_timesteps is not None and call.sigmas is not None:
             raise ValueError("pass either timesteps or sigmas, not both")
-        check_finite_number(a.guidance_scale, "guidance_scale")
-        check_finite_number(a.guidance_rescale, "guidance_rescale", 0.0, 1.0)
-        check_positive_int(a.num_images_per_prompt, "num_images_per_prompt")
-        check_finite_number(a.eta, "eta", 0.0)
-        total = batch * a.num_images_per_prompt
-        check_generator(a.generator, total)
-        check_output_type(a.output_type, OUTPUT_TYPES)
-        if a.clip_skip is not None:
+        check_finite_number(call.guidance_scale, "guidance_scale")
+        check_finite_number(call.guidance_rescale, "guidance_rescale", 0.0, 1.0)
+        check_positive_int(call.num_images_per_prompt, "num_images_per_prompt")
+        check_finite_number(call.eta, "eta", 0.0)
+        call.batch_size = batch * call.num_images_per_prompt
+        check_generator(call.generator, call.batch_size)
+        check_output_type(call.output_type, OUTPUT_TYPES)
+        if call.clip_skip is not None:
             layers = getattr(getattr(self.text_encoder, "config", None), "num_hidden_layers", None)
-            check_positive_int(a.clip_skip, "clip_skip", minimum=0)
-            if layers is not None and a.clip_skip >= layers:
-                raise ValueError(f"clip_skip must be < the text encoder's {layers} layers, got {a.clip_skip}")
-        kwargs = a.cross_attention_kwargs
+            check_positive_int(call.clip_skip, "clip_skip", minimum=0)
+            if layers is not None and call.clip_skip >= layers:
+                raise ValueError(f"clip_skip must be < the text encoder's {layers} layers, got {call.clip_skip}")
+        kwargs = call.cross_attention_kwargs
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ValueError(f"cross_attention_kwargs must be a dict or None, got {type(kwargs).__name__}")
-        if a.callback_on_step_end is not None and not callable(a.callback_on_step_end):
+        if call.callback_on_step_end is not None and not callable(call.callback_on_step_end):
             raise ValueError("callback_on_step_end must be callable: fn(pipe, step, timestep, tensors) -> dict")
-        bad = [k for k in a.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        bad = [k for k in call.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs has {bad}; allowed: {self._callback_tensor_inputs}")
-        return total
 
-    def _run(self, a: SimpleNamespace, body: Callable[[_CallState], Any]) -> Any:
-        """``body(call_state)`` in inference mode with this call's per-call state installed (thread-local)."""
-        call, previous = self._begin_call(
-            guidance_scale=a.guidance_scale,
-            guidance_rescale=a.guidance_rescale,
-            clip_skip=a.clip_skip,
-            cross_attention_kwargs=a.cross_attention_kwargs,
-        )
+    def _run(self, generate: Callable[[SDCall], Any], call: SDCall) -> Any:
+        """``generate(call)`` in inference mode, with ``call`` visible to the properties callbacks read (this
+        thread only); afterwards the properties show this call's values."""
+        previous = enter_call(self, call)
         try:
             with torch.inference_mode():
-                return body(call)
+                return generate(call)
         finally:
-            self._end_call(previous)
+            exit_call(self, call, previous)
 
-    def _prepare_denoising(
-        self, call: _CallState, a: SimpleNamespace, strength: float | None = None
-    ) -> tuple[dict[str, Any], Any, torch.Tensor]:
-        """Encode the prompts, copy the scheduler and set its timesteps (only the tail ``strength`` keeps, when
-        given). Returns (state for :func:`denoise` with ``prompt_embeds``, doubled [negative, positive] under
-        classifier-free guidance, and ``negative_prompt_embeds``; the scheduler copy; the timesteps)."""
+    def _prepare_denoising(self, call: SDCall) -> dict[str, Any]:
+        """Encode the prompts, copy the scheduler and set its timesteps (only the tail ``call.strength`` keeps,
+        when set). Fills ``call.scheduler``, ``call.timesteps``, ``call.begin_index`` and ``call.num_timesteps``;
+        returns the state for :func:`denoise`: ``prompt_embeds`` (doubled [negative, positive] under
+        classifier-free guidance) and ``negative_prompt_embeds``."""
         device = self.device
-        cfg = self.do_classifier_free_guidance
+        cfg = self._guides(call)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            a.prompt,
+            call.prompt,
             device,
-            a.num_images_per_prompt,
+            call.num_images_per_prompt,
             cfg,
-            a.negative_prompt,
-            prompt_embeds=a.prompt_embeds,
-            negative_prompt_embeds=a.negative_prompt_embeds,
+            call.negative_prompt,
+            prompt_embeds=call.prompt_embeds,
+            negative_prompt_embeds=call.negative_prompt_embeds,
             clip_skip=call.clip_skip,
         )
-        scheduler = fresh_scheduler(self.scheduler)
-        steps = set_timesteps(scheduler, a.num_inference_steps, device, timesteps=a.timesteps, sigmas=a.sigmas)
-        if strength is not None:
-            n = a.num_inference_steps if a.timesteps is None and a.sigmas is None else len(steps)
-            steps = strength_timesteps(scheduler, n, strength)
+        scheduler = call.scheduler = fresh_scheduler(self.scheduler)
+        steps = set_timesteps(
+            scheduler, call.num_inference_steps, device, timesteps=call.custom_timesteps, sigmas=call.sigmas
+        )
+        if call.strength is not None:
+            custom = call.custom_timesteps is not None or call.sigmas is not None
+            n = len(steps) if custom else call.num_inference_steps
+            steps, call.begin_index = strength_timesteps(scheduler, n, call.strength)
+        call.timesteps = steps
         call.num_timesteps = len(steps)
-        state = {
+        return {
             "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds,
             "negative_prompt_embeds": negative_prompt_embeds,
         }
-        return state, scheduler, steps
 
     def _denoise_and_finish(
         self,
-        call: _CallState,
-        a: SimpleNamespace,
-        total: int,
-        scheduler: Any,
-        steps: torch.Tensor,
+        call: SDCall,
         latents: torch.Tensor,
         state: dict[str, Any],
         extra_inputs: Sequence[str] = (),
@@ -289,21 +236,23 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
     ) -> Any:
         """Run :func:`denoise` with the guided UNet (``extra_inputs`` from ``state`` appended as channels), then
         decode, filter and convert (see :meth:`_finish`)."""
-        timestep_cond = self._timestep_cond(total, call.guidance_scale, self.device, latents.dtype)
+        timestep_cond = self._timestep_cond(call.batch_size, call.guidance_scale, self.device, latents.dtype)
         latents = denoise(
             self,
-            scheduler,
+            call.scheduler,
             latents,
-            self._predictor(timestep_cond, extra_inputs=extra_inputs),
-            steps,
-            generator=a.generator,
-            step_options={"eta": a.eta},
+            self._predictor(call, timestep_cond, extra_inputs=extra_inputs),
+            call.timesteps,
+            generator=call.generator,
+            step_options={"eta": call.eta},
             state=state,
             after_step=after_step,
-            callback_on_step_end=a.callback_on_step_end,
-            callback_on_step_end_tensor_inputs=a.callback_on_step_end_tensor_inputs,
+            callback_on_step_end=call.callback_on_step_end,
+            callback_on_step_end_tensor_inputs=call.callback_on_step_end_tensor_inputs,
+            begin_index=call.begin_index,
+            interrupted=call.interrupted,
         )
-        return self._finish(latents, a.output_type, a.return_dict, state["prompt_embeds"].dtype)
+        return self._finish(latents, call.output_type, call.return_dict, state["prompt_embeds"].dtype)
 
     def _check_size(self, height: Any, width: Any) -> None:
         f = self.vae_scale_factor
@@ -329,10 +278,14 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
         device: torch.device | str,
         generator: Any,
         latents: torch.Tensor | None = None,
-        scheduler: Any = None,
+        *,
+        scheduler: Any,
     ) -> torch.Tensor:
-        """Initial noise (batch, channels, height/f, width/f) times the scheduler's ``init_noise_sigma``."""
-        scheduler = self.scheduler if scheduler is None else scheduler
+        """Initial noise (batch, channels, height/f, width/f) times ``scheduler.init_noise_sigma``.
+
+        Diffusers' arguments, plus ``scheduler``: the call's own scheduler copy (set up for this call's steps),
+        where Diffusers reads the pipeline's shared ``self.scheduler``.
+        """
         f = self.vae_scale_factor
         shape = (batch_size, num_channels_latents, int(height) // f, int(width) // f)
         if latents is None:
@@ -351,11 +304,13 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
         w = torch.full((total,), guidance_scale - 1.0)
         return guidance_scale_embedding(w, dim).to(device=device, dtype=dtype)
 
-    def _predictor(self, timestep_cond: torch.Tensor | None = None, extra_inputs: Sequence[str] = ()) -> Callable:
+    def _predictor(
+        self, call: SDCall, timestep_cond: torch.Tensor | None = None, extra_inputs: Sequence[str] = ()
+    ) -> Callable:
         """The ``predict(x, t, state)`` for :func:`denoise`: the UNet on ``x`` (doubled for classifier-free
-        guidance, ``extra_inputs`` from ``state`` appended as channels), then guidance and guidance rescale."""
+        guidance, ``extra_inputs`` from ``state`` appended as channels), then guidance and guidance rescale with
+        ``call``'s values (read every step: a callback may change them)."""
         unet = self.unet
-        call = _CALLS.states[id(self)]
         time_cond = unet.config.get("time_cond_proj_dim") is not None
 
         def predict(x: torch.Tensor, t: torch.Tensor, state: dict) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import conv2d, upsample_conv
+from .cpu_kernels import conv2d, upsample_conv
 
 
 def _fir_kernel(kernel: Sequence[float] | None, factor: int, gain: float) -> torch.Tensor:

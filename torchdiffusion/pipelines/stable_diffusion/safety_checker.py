@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..configuration import ConfigMixin, register_to_config
-from ..models.modeling import ModelMixin
+from ...configuration import ConfigMixin, register_to_config
+from ...models.modeling import ModelMixin
 
 __all__ = ["StableDiffusionSafetyChecker", "nsfw_flags", "cosine_similarity_matrix"]
 
@@ -141,8 +141,8 @@ class StableDiffusionSafetyChecker(ModelMixin, ConfigMixin):
 
         Keyword arguments: ``subfolder``, ``torch_dtype``, ``variant``, ``use_safetensors``, hub options.
         """
-        from ..hub import HUB_KWARGS
-        from ..weights import load_state_into, read_state_file
+        from ...hub import HUB_KWARGS
+        from ...weights import load_state_into, read_state_file
 
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
         subfolder = kwargs.pop("subfolder", None)
@@ -181,7 +181,7 @@ class StableDiffusionSafetyChecker(ModelMixin, ConfigMixin):
         """Write ``config.json`` (a ``CLIPConfig``) and ``model[.variant].safetensors`` (or
         ``pytorch_model[.variant].bin``) as transformers does, so Diffusers loads the folder. One weights file
         (``max_shard_size`` is accepted and ignored: the SD checker is ~1.2 GB)."""
-        from ..hub import check_plain_name, split_push_kwargs
+        from ...hub import check_plain_name, split_push_kwargs
 
         push, kwargs = split_push_kwargs(kwargs)
         if kwargs:
@@ -206,7 +206,7 @@ class StableDiffusionSafetyChecker(ModelMixin, ConfigMixin):
         else:
             torch.save(state, os.path.join(save_directory, _weights_file("pytorch_model", "bin", variant)))
         if push_to_hub:
-            from ..hub import upload_saved_folder
+            from ...hub import upload_saved_folder
 
             push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             upload_saved_folder(self, save_directory, **push)
@@ -218,8 +218,8 @@ def _weights_file(stem: str, ext: str, variant: str | None) -> str:
 
 def _find_weight_files(root, subfolder, variant, use_safetensors, hub_kwargs: dict) -> list[str]:
     """transformers' weight files: one file, or the shards of its index (``model.safetensors.index.json``)."""
-    from ..hub import check_plain_name, try_resolve_file
-    from ..weights import _shards_from_index
+    from ...hub import check_plain_name, try_resolve_file
+    from ...weights import _shards_from_index
 
     if variant is not None:
         check_plain_name(variant, "variant")

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from ..utils.torch_utils import GeneratorArg
-from .sd_common import StableDiffusionMixin
-from .sd_latents import StableDiffusionPipelineOutput
+from ...utils.torch_utils import GeneratorArg
+from .base import StableDiffusionMixin
+from .call import SDCall
+from .latent_images import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionPipeline", "StableDiffusionPipelineOutput"]
 
@@ -58,24 +59,23 @@ class StableDiffusionPipeline(StableDiffusionMixin):
         replace) the tensors named in ``callback_on_step_end_tensor_inputs``.
         Returns :class:`StableDiffusionPipelineOutput` (or ``(images, nsfw_content_detected)``).
         """
-        a = self._arguments(locals())
-        a.height, a.width = self._default_size(height, width)
-        self._check_size(a.height, a.width)
-        total = self._check_common(a)
-        return self._run(a, lambda call: self._generate(call, a, total))
+        call = SDCall.from_arguments(locals())
+        call.height, call.width = self._default_size(height, width)
+        self._check_size(call.height, call.width)
+        self._check_call(call)
+        return self._run(self._generate, call)
 
-    def _generate(self, call: Any, a: Any, total: int) -> StableDiffusionPipelineOutput | tuple:
-        state, scheduler, steps = self._prepare_denoising(call, a)
-        dtype = state["prompt_embeds"].dtype
+    def _generate(self, call: SDCall) -> StableDiffusionPipelineOutput | tuple:
+        state = self._prepare_denoising(call)
         latents = self.prepare_latents(
-            total,
+            call.batch_size,
             self.unet.config.in_channels,
-            a.height,
-            a.width,
-            dtype,
+            call.height,
+            call.width,
+            state["prompt_embeds"].dtype,
             self.device,
-            a.generator,
-            a.latents,
-            scheduler,
+            call.generator,
+            call.latents,
+            scheduler=call.scheduler,
         )
-        return self._denoise_and_finish(call, a, total, scheduler, steps, latents, state)
+        return self._denoise_and_finish(call, latents, state)

@@ -1,10 +1,10 @@
-"""Small CPU-friendly kernels shared by the layers, each the same math as its plain PyTorch spelling.
+"""CPU convolution and normalisation kernels shared by the layers, each the same math as its plain PyTorch spelling.
 
 * :func:`conv2d` runs an ``nn.Conv2d`` with its weight in the input's memory format, so a channels-last feature
   map reaches oneDNN's NHWC kernels (brgconv) instead of a reorder + blocked kernel + reorder; weights stay NCHW
   in the state dict, the channels-last copy is cached while no autograd graph is recorded.
 * :func:`conv2d` also runs wide 3x3 convolutions (>= 192 input channels: the Stable Diffusion widths, the low
-  levels of the seeds' UNets) in Winograd form F(2x2, 3x3) (Lavin & Gray 2016) during inference: 16
+  levels of the tutorials' UNets) in Winograd form F(2x2, 3x3) (Lavin & Gray 2016) during inference: 16
   elementwise-transformed copies of the input, one batched GEMM (16 matrices, 4/9 of the multiply-adds), then the
   inverse transform. On narrow layers the transforms cost more than they save, so those stay direct.
 * :func:`upsample_conv` is ``conv3x3(nearest_x2(x))`` computed on the low-resolution map as four 2x2 "phase"
@@ -53,13 +53,11 @@ def _cl_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=_CL)
 
 
-# When Winograd F(2x2, 3x3) pays (measured with benchmarks/conv_kernels.py on a 2-core AVX2 EPYC, batch 1-16): its
+# When Winograd F(2x2, 3x3) pays (measured with benchmarks/conv_kernels.py; rerun it before moving these): its
 # GEMMs reduce over the input channels only, so they need a wide input to run near oneDNN's direct kernel (which
 # reduces over 9x as many); narrow outputs pay only on small maps (on large ones the transforms' memory passes
-# dominate, and above 64x64 they do for every width: 320 -> 320 at 96x96 1.07x, 256 -> 256 at 256x256 1.86x the
-# direct time, as in a VAE's high-resolution levels); and ~20 small ops need enough work to amortise them. On 4x4-8x8
-# maps of wide layers the direct kernel is itself slow (1280 -> 1280 at 4x4, batch 2: 11 GMAC/s), there Winograd is
-# 3x faster.
+# dominate, and above 64x64 they do for every width, as in a VAE's high-resolution levels); and ~20 small ops need
+# enough work to amortise them. On 4x4-8x8 maps of wide layers the direct kernel is itself slow, and Winograd wins.
 WINOGRAD_MIN_IN_CHANNELS = 192
 WINOGRAD_MIN_OUT_CHANNELS = 128
 WINOGRAD_WIDE_OUT_CHANNELS = 256  # outputs narrower than this take Winograd only on maps of <= 256 pixels
@@ -253,8 +251,8 @@ def group_norm_act(x: torch.Tensor, norm: nn.GroupNorm, act: nn.Module | None) -
 
 
 def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
-    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (cheaper than ``torch.broadcast_shapes``,
-    which costs ~6 us a call in the hot loop)."""
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (cheaper than ``torch.broadcast_shapes`` in
+    the hot loop)."""
     if shape == target:
         return True
     if len(shape) > len(target):
