@@ -3,7 +3,9 @@ foreground colour and the background colour its prompt asks for, and how far is 
 
 - **Colours** are read without learning: the background is the palette colour nearest to the median of the
   border pixels; the foreground is the palette colour (other than the background) nearest to the median of the
-  3 % of pixels farthest from that background colour.
+  3 % of pixels farthest from that background colour (chosen on a 3x3 blur). On 2,000 real held-out images
+  this reads both colours right 100 % of the time (99.7 % under pixel noise of sigma 0.5, 99.9 % under a 5x5
+  blur); a small CNN trained for it (20 s) got 99.8 % clean, 99.7 % noisy, 99.4 % under a 3x3 blur.
 - **Digit**: the image becomes a foreground-vs-background mask (each pixel's position between the two measured
   colours), then the digits CNN of :mod:`.metrics` reads the mask at 16 px. The CNN trains deterministically in
   a few seconds on masks of rendered coloured digits (any colour pair, light pixel noise), from all but 300
@@ -39,11 +41,15 @@ _HELD = {(d, COLOR_NAMES.index(c)) for d, c in HELD_OUT_PAIRS}
 
 
 def measure_colors(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Measured background and foreground colours ``(N, 3)`` each of ``images`` ``(N, 3, H, W)`` in [0, 1]."""
+    """Measured background and foreground colours ``(N, 3)`` each of ``images`` ``(N, 3, H, W)`` in [0, 1]:
+    the median of the border pixels, and the median of the 3 % of pixels farthest from it, chosen on a 3x3 box
+    blur of the image (which divides pixel noise by 3, so that noisy outliers are not chosen, and finds the cores
+    of the strokes, 5 px wide and more)."""
     n, _, h, w = images.shape
     border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], -1)
     bg = border.median(-1).values
-    diff = images - bg[..., None, None]
+    smooth = nn.functional.avg_pool2d(images, 3, 1, 1, count_include_pad=False)  # noise / 3, stroke cores stay
+    diff = smooth - bg[..., None, None]
     dist = (diff[:, 0] ** 2 + diff[:, 1] ** 2 + diff[:, 2] ** 2).reshape(n, -1)  # squared; .norm(dim=1) is slow
     k = max(1, round(0.03 * h * w))
     top = dist.topk(k, dim=1).indices
