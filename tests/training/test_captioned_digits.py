@@ -13,6 +13,7 @@ from torchdiffusion.training.captioned_digits import (
     PALETTE_RGB,
     CaptionedDigitsDataset,
     Prompt,
+    collate_captioned,
     grammar_prompts,
     make_caption,
     parse_caption,
@@ -165,6 +166,10 @@ def test_picker_and_batches():
         load_training_dataset("captioned-digits", 16, channels=1)
     batch = next(iterate_batches(ds, BatchPlan(len(ds), 4, seed=0)))
     assert batch["images"].shape == (4, 3, 16, 16) and batch["labels"].dtype == torch.long
+    keys = BatchPlan(len(ds), 4, seed=0).keys(0)
+    captioned = collate_captioned([ds[k] for k in keys])
+    assert torch.equal(captioned["images"], batch["images"]) and torch.equal(captioned["labels"], batch["labels"])
+    assert captioned["captions"] == [ds.captions[i] for i, _ in keys] and captioned["fg"].shape == (4,)
 
 
 def test_cli_trains_on_captioned_digits(tmp_path):

@@ -283,3 +283,12 @@ class CaptionedDigitsDataset(TrainingDataset):
             "fg": int(self.fg[index]),
             "bg": int(self.bg[index]),
         }
+
+
+def collate_captioned(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Items -> ``{"images": (B, 3, R, R), "labels" / "fg" / "bg": (B,) long, "captions": list of B str}``."""
+    return {
+        "images": torch.stack([it["images"] for it in items]),
+        **{k: torch.tensor([it[k] for it in items], dtype=torch.long) for k in ("labels", "fg", "bg")},
+        "captions": [it["captions"] for it in items],
+    }
