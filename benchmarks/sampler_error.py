@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import torchdiffusion as td
-from torchdiffusion.core.spacing import karras_sigmas
+from torchdiffusion.core.grids import karras_sigmas
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 CALLS = (5, 10, 20)

@@ -98,7 +98,7 @@ def run_peer(seconds: float, seed: int, batch_size: int = 64):
 def sample_peer(model, noise_scheduler, n: int) -> torch.Tensor:
     import diffusers
 
-    # The same sampler settings as ours (torchdiffusion.training.recipes.swap_scheduler): the training schedule's
+    # The same sampler settings as ours (torchdiffusion.schedulers.samplers.swap_scheduler): the training schedule's
     # timestep spacing and dynamic thresholding, Diffusers' advice for pixel-space models; with its defaults
     # (linspace from t=999 on the cosine schedule) most samples saturate, which would be no comparison at all.
     sampler = diffusers.DPMSolverMultistepScheduler.from_config(

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from tests.helpers import TinyModel
-from torchdiffusion.configuration import ConfigMixin, FrozenDict, read_json, register_to_config
+from torchdiffusion.configuration import ConfigMixin, FrozenDict, register_to_config
+from torchdiffusion.utils.json_files import read_json
 
 
 class Sched(ConfigMixin):

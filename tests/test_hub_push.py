@@ -204,3 +204,17 @@ def test_bad_safe_serialization(api):
     with pytest.raises(TypeError, match="safe_serialization"):
         TinyModel().push_to_hub("me/x", safe_serialization="yes")
     assert api.calls == []
+
+
+def test_push_to_hub_takes_a_save_callable(api):
+    from torchdiffusion.hub import push_to_hub
+
+    def save(folder):
+        with open(os.path.join(folder, "notes.txt"), "w") as f:
+            f.write("hi")
+
+    push_to_hub(save, "me/notes", commit_message="notes")
+    upload = [c for c in FakeApi.calls if c[0] == "upload_folder"][-1]
+    assert upload[2]["files"] == ["README.md", "notes.txt"] and upload[2]["commit_message"] == "notes"
+    with pytest.raises(TypeError, match="save"):
+        push_to_hub("not callable", "me/notes")

@@ -16,6 +16,15 @@ def test_import_is_light():
     assert out == "[]"
 
 
+def test_training_and_cli_import_no_plotting_or_pipelines():
+    """matplotlib (the loss plot) loads when a plot is drawn; the pipelines when a sample grid is drawn."""
+    out = _run(
+        "import sys, torchdiffusion.training, torchdiffusion.cli; heavy = [m for m in ('matplotlib', 'accelerate', "
+        "'torchdiffusion.pipelines.pipeline', 'huggingface_hub') if m in sys.modules]; print(heavy)"
+    )
+    assert out == "[]"
+
+
 def test_public_names_resolve():
     for name in torchdiffusion.__all__:
         assert getattr(torchdiffusion, name) is not None, name

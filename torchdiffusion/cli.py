@@ -149,41 +149,22 @@ def generate(
     seed: int = 0,
 ):
     """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in."""
-    import torch
-
-    from .pipelines.class_conditional import ClassConditionalPipeline
+    from .pipelines.generate import generate_images
     from .pipelines.pipeline import DiffusionPipeline
     from .schedulers.samplers import check_sampler
-    from .training.recipes import sampling_scheduler
 
     check_sampler(scheduler)  # before the (slow) pipeline load
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
     pipe = DiffusionPipeline.from_pretrained(pipeline)
-    pipe.scheduler = sampling_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(desc="sampling", leave=False)
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
-    options = {"num_inference_steps": steps, "generator": generators, "output_type": "pt"}
-    cols = None
-    if isinstance(pipe, ClassConditionalPipeline):
-        if class_label is None:
-            n = pipe.num_classes or 1
-            labels: list = [i % n for i in range(num_images)]
-            cols = n if num_images % n == 0 else None
-        else:
-            label = int(class_label) if str(class_label).isdigit() else str(class_label)
-            labels = [label] * num_images
-        guidance = guidance_scale if pipe.config.get("null_class_label") is not None else 1.0
-        images = pipe(labels, guidance_scale=guidance, **options).images
-    else:
-        if class_label is not None:
-            raise ValueError(f"class_label={class_label!r}: {type(pipe).__name__} is not class-conditional")
-        images = pipe(batch_size=num_images, **options).images
-    return images * 2 - 1, cols
+    return generate_images(
+        pipe, num_images, steps, sampler=scheduler, seed=seed, class_label=class_label, guidance_scale=guidance_scale
+    )
 
 
 def _save_grid(images, cols, out: str) -> str:
-    from .training.report import image_grid, save_image
+    from .utils.image_files import image_grid, save_image
 
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)

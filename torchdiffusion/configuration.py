@@ -19,6 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from .hub import HUB_KWARGS, resolve_file, split_push_kwargs, upload_saved_folder
+from .hub import push_to_hub as _push_folder
+from .utils.json_files import read_json
+
 # The Diffusers release whose folder format we write. Diffusers applies compatibility fixes to configs
 # written by old releases, so we claim the release we were checked against, not our own version number.
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
@@ -143,16 +147,12 @@ class ConfigMixin:
         ``push_to_hub=True`` then uploads the folder; ``kwargs`` are the upload options (``repo_id``, default the
         folder's name, ``commit_message``, ``private``, ``token``, ``create_pr``, ``subfolder``).
         """
-        from .hub import split_push_kwargs
-
         push, _ = split_push_kwargs(kwargs)  # other keywords are ignored, as in Diffusers
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory={str(save_directory)!r} is a file; it must be a folder")
         os.makedirs(save_directory, exist_ok=True)
         self.to_json_file(os.path.join(save_directory, self.config_name))
         if push_to_hub:
-            from .hub import upload_saved_folder
-
             push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             upload_saved_folder(self, save_directory, model_card=False, **push)
 
@@ -169,20 +169,28 @@ class ConfigMixin:
     ) -> Any:
         """Save this model, scheduler or pipeline to a temporary folder and upload it to the Hub repo ``repo_id``
         (created if needed; a ``README.md`` model card is added when the repo has none). Returns the commit
-        info (a ``str``: the commit URL). See :func:`torchdiffusion.hub.push_to_hub`."""
-        from .hub import push_to_hub
-
-        return push_to_hub(
-            self,
+        info (a ``str``: the commit URL). ``safe_serialization`` and ``variant`` apply to model weights
+        (schedulers have none). See :func:`torchdiffusion.hub.push_to_hub`."""
+        if not isinstance(safe_serialization, bool):
+            raise TypeError(f"safe_serialization must be a bool, got {type(safe_serialization).__name__}")
+        return _push_folder(
+            lambda folder: self._save_for_hub(folder, safe_serialization=safe_serialization, variant=variant),
             repo_id,
+            source=self,
             commit_message=commit_message,
             private=private,
             token=token,
             create_pr=create_pr,
-            safe_serialization=safe_serialization,
-            variant=variant,
             subfolder=subfolder,
         )
+
+    def _save_for_hub(self, folder: str, safe_serialization: bool = True, variant: str | None = None) -> None:
+        """Write what :meth:`push_to_hub` uploads into ``folder`` (models and pipelines pass the weight options)."""
+        save = getattr(self, "save_pretrained", None)
+        if save is not None:
+            save(folder)
+        else:
+            self.save_config(folder)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
@@ -197,8 +205,6 @@ class ConfigMixin:
         **hub_kwargs: Any,
     ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]:
         """Read ``config_name`` from a local folder or a Hub id (``subfolder`` inside it) as a plain dict."""
-        from .hub import HUB_KWARGS, resolve_file
-
         if isinstance(pretrained_model_name_or_path, dict):
             config = dict(pretrained_model_name_or_path)
             return (config, hub_kwargs) if return_unused_kwargs else config
@@ -269,18 +275,6 @@ class ConfigMixin:
         if return_unused_kwargs:
             return obj, {**unused, **hidden}
         return obj
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a JSON object from ``path``; a broken file gives an error that names it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{os.fspath(path)} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{os.fspath(path)} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _lookup_class(name: str) -> type | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 HUB_KWARGS = frozenset({"revision", "local_files_only", "cache_dir", "token", "force_download", "proxies"})
@@ -35,10 +36,6 @@ def check_subfolder(subfolder: Any, what: str = "subfolder") -> str | None:
     for part in subfolder.replace("\\", "/").split("/"):
         check_plain_name(part, what)
     return subfolder.replace("\\", "/")
-
-
-def is_local(path_or_id: str | os.PathLike) -> bool:
-    return os.path.isdir(os.fspath(path_or_id))
 
 
 def _offline(local_files_only: bool | None) -> bool:
@@ -152,8 +149,16 @@ def split_push_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     return push, rest
 
 
-def _default_commit_message(obj: Any) -> str:
-    name = type(obj).__name__
+def _describe(source: Any) -> tuple[str, str]:
+    """(class name, ``"pipeline"`` or ``"model"``) of what was saved; a pipeline is what writes ``model_index.json``."""
+    if source is None:
+        return "folder", "model"
+    kind = "pipeline" if getattr(source, "config_name", None) == "model_index.json" else "model"
+    return type(source).__name__, kind
+
+
+def _default_commit_message(source: Any) -> str:
+    name = _describe(source)[0]
     if "Model" in name:
         return "Upload model"
     if "Scheduler" in name:
@@ -161,24 +166,23 @@ def _default_commit_message(obj: Any) -> str:
     return f"Upload {name}"
 
 
-def model_card_text(repo_id: str, obj: Any) -> str:
+def model_card_text(repo_id: str, source: Any) -> str:
     """A minimal ``README.md`` for a pushed folder: YAML metadata (``library_name: diffusers``) and one line.
 
-    The folder is in Diffusers' format, so the Hub shows Diffusers' loading snippet; torchdiffusion loads it too.
+    ``source`` is the saved model, scheduler or pipeline (its class name goes into the text). The folder is in
+    Diffusers' format, so the Hub shows Diffusers' loading snippet; torchdiffusion loads it too.
     """
-    from .pipelines.pipeline import DiffusionPipeline
-
-    what = "pipeline" if isinstance(obj, DiffusionPipeline) else "model"
+    name, what = _describe(source)
     return (
         "---\nlibrary_name: diffusers\ntags:\n- torchdiffusion\n---\n\n"
         f"# {repo_id.split('/')[-1]}\n\n"
-        f"A diffusers-format {what} ({type(obj).__name__}) pushed to the Hub with torchdiffusion. "
+        f"A diffusers-format {what} ({name}) pushed to the Hub with torchdiffusion. "
         "This model card was written automatically.\n"
     )
 
 
 def upload_saved_folder(
-    obj: Any,
+    source: Any,
     folder: str | os.PathLike,
     repo_id: str,
     commit_message: str | None = None,
@@ -189,9 +193,10 @@ def upload_saved_folder(
     model_card: bool = True,
     api: Any = None,
 ) -> Any:
-    """Create ``repo_id`` if needed and upload every file of ``folder`` (a ``save_pretrained`` output) to it.
+    """Create ``repo_id`` if needed and upload every file of ``folder`` (what ``source`` saved) to it.
 
-    ``model_card``: write a ``README.md`` into ``folder`` first when the repository has none yet (never when
+    ``source``: the saved model, scheduler or pipeline; its class names the default commit message and the model
+    card. ``model_card``: write a ``README.md`` into ``folder`` first when the repository has none yet (never when
     uploading into a ``subfolder``). Returns huggingface_hub's ``CommitInfo`` (a ``str``: the commit URL).
     """
     check_repo_id(repo_id)
@@ -205,54 +210,48 @@ def upload_saved_folder(
     if model_card and subfolder is None and not os.path.exists(card):
         if not api.file_exists(repo_id, "README.md", token=token):
             with open(card, "w", encoding="utf-8") as f:
-                f.write(model_card_text(repo_id, obj))
+                f.write(model_card_text(repo_id, source))
     return api.upload_folder(
         repo_id=repo_id,
         folder_path=os.fspath(folder),
         path_in_repo=subfolder,
-        commit_message=commit_message if commit_message is not None else _default_commit_message(obj),
+        commit_message=commit_message if commit_message is not None else _default_commit_message(source),
         token=token,
         create_pr=create_pr,
     )
 
 
 def push_to_hub(
-    obj: Any,
+    save: Callable[[str], Any],
     repo_id: str,
+    *,
+    source: Any = None,
     commit_message: str | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
     create_pr: bool = False,
-    safe_serialization: bool = True,
-    variant: str | None = None,
     subfolder: str | None = None,
 ) -> Any:
-    """Save ``obj`` (a model, scheduler or pipeline) into a temporary folder and upload it to ``repo_id``.
+    """Call ``save(folder)`` on a temporary folder, then upload that folder to ``repo_id`` (created if needed).
 
-    The arguments are those of Diffusers' ``push_to_hub``; ``safe_serialization`` and ``variant`` apply to model
-    weights (schedulers have none). Returns huggingface_hub's ``CommitInfo``.
+    ``save`` writes the files, e.g. ``lambda folder: model.save_pretrained(folder)``; ``source`` is the object
+    saved (its class names the model card and the default commit message). The other arguments are those of
+    Diffusers' ``push_to_hub``. Returns huggingface_hub's ``CommitInfo``. Models, schedulers and pipelines call
+    this from their own ``push_to_hub`` method.
     """
     import tempfile
 
-    from .models.modeling import ModelMixin
-    from .pipelines.pipeline import DiffusionPipeline
-
+    if not callable(save):
+        raise TypeError(f"save must be a callable save(folder), got {type(save).__name__}")
     check_repo_id(repo_id)
     check_subfolder(subfolder, "subfolder")
-    if not isinstance(safe_serialization, bool):
-        raise TypeError(f"safe_serialization must be a bool, got {type(safe_serialization).__name__}")
     import huggingface_hub
 
     api = huggingface_hub.HfApi()
     with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(obj, (ModelMixin, DiffusionPipeline)):
-            obj.save_pretrained(tmp, safe_serialization=safe_serialization, variant=variant)
-        elif hasattr(obj, "save_pretrained"):
-            obj.save_pretrained(tmp)
-        else:
-            obj.save_config(tmp)
+        save(tmp)
         return upload_saved_folder(
-            obj,
+            source,
             tmp,
             repo_id,
             commit_message=commit_message,

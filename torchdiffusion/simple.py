@@ -1,4 +1,4 @@
-"""The one-object API of ``denoising_diffusion_pytorch`` (seed 004), thin over the real library:
+"""The one-object API of ``denoising_diffusion_pytorch`` (lucidrains' package), thin over the real library:
 
     from torchdiffusion.simple import Unet, GaussianDiffusion, Trainer
 
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .training.losses import diffusion_loss, loss_weights, sample_noise, snr, training_target
+from .training.losses import diffusion_loss, loss_weights, sample_noise, training_target
 
 OBJECTIVES = {"pred_noise": "epsilon", "pred_x0": "sample", "pred_v": "v_prediction"}
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
@@ -148,14 +148,13 @@ class GaussianDiffusion(nn.Module):
         b = x0.shape[0]
         noise = sample_noise(tuple(x0.shape), None, self.offset_noise_strength).to(x0)
         t = torch.randint(0, self.num_timesteps, (b,))
-        ab = self.noise_scheduler.alphas_cumprod.double()[t]
-        alpha, sigma = ab.sqrt().float().to(x0.device), (1 - ab).sqrt().float().to(x0.device)
-        x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * noise
+        levels = self.noise_scheduler.schedule  # core.schedules.TrainedSchedule: the forward process
+        alpha, sigma = levels.coefficients(t, x0.device)
+        x_t = levels.add_noise(x0, noise, t)
         out = self.model(x_t, t.to(x0.device)).sample
         weights = None
         if self.loss_weighting != "none":
-            weights = loss_weights(snr(self.noise_scheduler.alphas_cumprod, t), "min_snr", self.prediction_type,
-                                   self.min_snr_gamma)  # fmt: skip
+            weights = loss_weights(levels.snr(t), "min_snr", self.prediction_type, self.min_snr_gamma)
         return diffusion_loss(out, training_target(self.prediction_type, x0, noise, alpha, sigma), weights)
 
     @torch.no_grad()
@@ -206,7 +205,7 @@ class Trainer:
         **unused: Any,
     ) -> None:
         from .training.config import TrainingConfig
-        from .training.data import load_training_dataset
+        from .training.sources import load_training_dataset
 
         if not isinstance(diffusion_model, GaussianDiffusion):
             raise TypeError(f"diffusion_model must be a GaussianDiffusion, got {type(diffusion_model).__name__}")

@@ -211,7 +211,7 @@ def _tokenizer(root: str | None, kind: str):
 def _scheduler(root: str | None, text_kind: str, unet, prediction_type: str | None, original: dict | None = None):
     import torchdiffusion
 
-    from .configuration import read_json
+    from .utils.json_files import read_json
 
     if root is not None and os.path.isfile(os.path.join(root, "scheduler", "scheduler_config.json")):
         saved = read_json(os.path.join(root, "scheduler", "scheduler_config.json"))

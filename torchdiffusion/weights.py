@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .configuration import read_json
 from .hub import HUB_KWARGS, check_plain_name, try_resolve_file
+from .utils.json_files import read_json
 
 WEIGHTS_STEM = "diffusion_pytorch_model"
 SAFE_EXT, BIN_EXT = "safetensors", "bin"

@@ -162,7 +162,7 @@ def test_multistep_third_order_sde_curvature_term_is_consistent():
     x = torch.ones(1, 1)
     s_d._step_index = i
     theirs = s_d.multistep_dpm_solver_third_order_update(outs, sample=x, noise=torch.zeros(1, 1)).item()
-    from torchdiffusion.core import multistep as M
+    from torchdiffusion.core import exponential_integrators as M
 
     levels = [M.alpha_sigma(v) for v in (sig[2], sig[1], sig[0])]
     step = M.multistep(levels, M.alpha_sigma(sig[3]), 3, "data", True, "dpmsolver_3m")

@@ -154,3 +154,52 @@ def test_bad_arguments_name_themselves():
         sample(gaussian_denoiser, x, sig, "unipc", solver_type="bh3")
     with pytest.raises(ValueError, match="prediction_type"):
         VPDenoiser(lambda x, t: x, torch.ones(10) * 0.5, prediction_type="flow")
+
+
+# ---- one rule for sigma grids (core.grids.check_custom_sigmas) ----------------------------------------------------
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_repeated_level_is_a_step_that_does_not_move(solver):
+    sig = get_sigmas("karras", 6, SMIN, SMAX)
+    repeated = torch.cat([sig[:3], sig[2:3], sig[3:]])  # level 2 twice
+    calls = []
+    kw = dict(generator=torch.Generator().manual_seed(2))
+    want = sample(gaussian_denoiser, start(sig, 64), sig, solver, **kw)
+    kw = dict(generator=torch.Generator().manual_seed(2), callback=lambda d: calls.append(d["i"]))
+    got = sample(gaussian_denoiser, start(sig, 64), repeated, solver, **kw)
+    assert torch.equal(got, want) and 2 not in calls  # step 2 (level 2 -> level 2) calls no model
+
+
+def test_scheduler_sigmas_with_a_repeated_final_level_are_accepted_everywhere():
+    s = td.UniPCMultistepScheduler(**SD, use_karras_sigmas=True, final_sigmas_type="sigma_min")
+    s.set_timesteps(6)
+    sig = s.sigmas
+    assert sig[-1] == sig[-2]  # Diffusers' own grid repeats its last level
+    s.set_timesteps(sigmas=sig.numpy())  # handed back in: the same grid
+    np.testing.assert_array_equal(s.sigmas.numpy(), sig.numpy())
+    assert torch.isfinite(sample(gaussian_denoiser, start(sig, 8), sig, "unipc")).all()
+
+
+@pytest.mark.parametrize("bad", [[1.0], [1.0, 2.0, 0.0], [1.0, -0.5], [float("nan"), 0.0]])
+def test_the_same_sigma_rule_for_schedulers_and_sample(bad):
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="sigmas"):
+        sample(gaussian_denoiser, x, bad)
+    with pytest.raises(ValueError, match="sigmas"):
+        td.EulerDiscreteScheduler().set_timesteps(sigmas=bad)
+    with pytest.raises(ValueError, match="sigmas"):
+        grids.check_custom_sigmas(bad)
+
+
+def test_align_your_steps_table_stands_once():
+    from torchdiffusion.schedulers.scheduling_utils import AysSchedules
+
+    assert AysSchedules is grids.AysSchedules
+    assert AysSchedules["StableDiffusionSigmas"] == [*grids.AYS_SD15[:-1], 0.0]
+    assert AysSchedules["StableDiffusionXLSigmas"] == [*grids.AYS_SDXL[:-1], 0.0]
+
+
+def test_vp_denoiser_uses_the_schedulers_trained_sigmas():
+    euler = td.EulerDiscreteScheduler(**SD, rescale_betas_zero_snr=True)
+    d = VPDenoiser(lambda x, t: x, euler.alphas_cumprod)
+    np.testing.assert_array_equal(d.sigmas, euler._train_sigmas)  # finite also at zero terminal SNR
+    assert math.isfinite(d.sigma_max)

@@ -6,11 +6,10 @@ import torch
 
 from torchdiffusion.core.schedules import (
     BETA_SCHEDULES,
-    NoiseSchedule,
+    TrainedSchedule,
     betas_for_alpha_bar,
     make_betas,
     rescale_zero_terminal_snr,
-    sigmas_from_alphas_cumprod,
 )
 
 
@@ -19,7 +18,7 @@ def test_every_schedule_is_float64_and_valid(schedule):
     betas = make_betas(1000, 0.0001, 0.02, schedule)
     assert betas.dtype == torch.float64 and betas.shape == (1000,)
     assert (betas > 0).all() and (betas < 1).all()
-    ab = NoiseSchedule(betas).alphas_cumprod64
+    ab = TrainedSchedule(betas).alphas_cumprod64
     assert (ab[1:] < ab[:-1]).all()
 
 
@@ -52,11 +51,11 @@ def test_trained_betas_win():
 
 def test_sigmas():
     ab = torch.tensor([0.5, 0.2], dtype=torch.float64)
-    assert sigmas_from_alphas_cumprod(ab).tolist() == pytest.approx([1.0, 2.0])
+    assert TrainedSchedule.from_alphas_cumprod(ab).sigmas().tolist() == pytest.approx([1.0, 2.0])
 
 
 def test_float32_views():
-    s = NoiseSchedule(make_betas(1000))
+    s = TrainedSchedule(make_betas(1000))
     assert s.alphas_cumprod.dtype == torch.float32 and s.alphas_cumprod64.dtype == torch.float64
     assert s.alpha_bar(-1) == 1.0 and s.alpha_bar(0) == pytest.approx(1 - 1e-4)
 
@@ -86,3 +85,57 @@ def test_num_train_timesteps_type():
     with pytest.raises(TypeError, match="num_train_timesteps"):
         make_betas(num_train_timesteps=10.5)
     assert np.isfinite(make_betas(3).numpy()).all()
+
+
+def test_trained_schedule_forward_process_matches_the_formulas():
+    ts = TrainedSchedule(make_betas(1000, 0.00085, 0.012, "scaled_linear"))
+    x0, noise = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    t = torch.tensor([0, 500, 999])
+    ab = ts.alphas_cumprod64[t]
+    a, s = ab.sqrt().float().view(-1, 1, 1, 1), (1 - ab).sqrt().float().view(-1, 1, 1, 1)
+    assert torch.equal(ts.add_noise(x0, noise, t), a * x0 + s * noise)
+    assert torch.equal(ts.velocity(x0, noise, t), a * noise - s * x0)
+    assert torch.equal(ts.snr(t), (ab / (1 - ab)).float())
+    alpha, sigma = ts.coefficients(t)
+    assert alpha.dtype == torch.float32 and torch.equal(alpha, a.flatten()) and torch.equal(sigma, s.flatten())
+    assert torch.equal(ts.add_noise(x0, noise, 7), ts.add_noise(x0, noise, torch.full((3,), 7)))
+
+
+def test_trained_schedule_sigmas_dtypes_and_zero_snr_floor():
+    ts = TrainedSchedule(make_betas(1000, rescale_betas_zero_snr=True))
+    assert ts.alphas_cumprod[-1] == 0  # zero terminal SNR
+    for dtype in (torch.float64, torch.float32):
+        sig = ts.sigmas(dtype)
+        assert sig.dtype == dtype and torch.isfinite(sig).all() and (sig[:-1].diff() > 0).all()
+        assert sig[-1].item() == pytest.approx(2.0**12, rel=1e-6)  # sqrt((1 - floor) / floor), as Diffusers
+        assert ts.floored_alphas_cumprod(dtype)[-1] == 2.0**-24
+    assert ts.sigmas(torch.float64)[0].item() == pytest.approx(((1 - ts.alpha_bar(0)) / ts.alpha_bar(0)) ** 0.5)
+
+
+def test_trained_schedule_from_alphas_cumprod_keeps_the_table():
+    built = TrainedSchedule(make_betas(1000))
+    again = TrainedSchedule.from_alphas_cumprod(built.alphas_cumprod)
+    assert torch.equal(again.alphas_cumprod64, built.alphas_cumprod64) and len(again) == 1000
+    assert torch.equal(again.sigmas(), built.sigmas())
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        TrainedSchedule.from_alphas_cumprod(torch.ones(2, 2))
+
+
+def test_trained_schedule_is_frozen():
+    ts = TrainedSchedule(make_betas(10))
+    with pytest.raises(AttributeError):
+        ts.betas64 = torch.zeros(10)
+
+
+@pytest.mark.parametrize("t, err", [([0.5], ValueError), ([1000], ValueError), ([-1], ValueError), ([True], TypeError)])
+def test_trained_schedule_rejects_bad_timesteps(t, err):
+    with pytest.raises(err, match="timesteps"):
+        TrainedSchedule(make_betas(1000)).coefficients(torch.tensor(t))
+
+
+def test_trained_schedule_batch_and_type_checks_name_the_argument():
+    ts = TrainedSchedule(make_betas(1000))
+    with pytest.raises(ValueError, match="timesteps"):
+        ts.add_noise(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([1, 2, 3]))
+    with pytest.raises(TypeError, match="x0"):
+        ts.velocity([0.0], torch.zeros(1), 1)

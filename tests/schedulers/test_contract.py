@@ -170,3 +170,27 @@ def test_copies_are_independent(cls):
     torch.testing.assert_close(xa, a_alone)
     torch.testing.assert_close(xb, b_alone)
     assert s.num_inference_steps is None  # the original never had a grid set
+
+
+# Diffusers' classes with a ``previous_timestep`` method; the others (Euler, Heun, LMS, ... on fractional
+# timesteps) have none, and neither have ours.
+HAS_PREVIOUS_TIMESTEP = {"DDPMScheduler", "LCMScheduler", "TCDScheduler"}
+
+
+def test_previous_timestep_only_where_diffusers_has_it_and_it_works(cls):
+    s = make(cls)
+    assert hasattr(s, "previous_timestep") == (cls.__name__ in HAS_PREVIOUS_TIMESTEP)
+    if cls.__name__ not in HAS_PREVIOUS_TIMESTEP:
+        return
+    s.set_timesteps(4)
+    ts = [int(t) for t in s.timesteps]
+    assert [s.previous_timestep(t) for t in ts] == ts[1:] + [-1]
+    assert s.previous_timestep(torch.tensor(ts[0])).item() == ts[1]
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler"])
+def test_karras_grids_step_without_previous_timestep(name):
+    """Fractional timesteps (Karras sigmas) run a full loop; nothing on the class needs integer timesteps."""
+    s = make(getattr(td, name), use_karras_sigmas=True)
+    out = run(s, torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
+    assert not (s.timesteps == s.timesteps.round()).all() and torch.isfinite(out).all()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from torchdiffusion import FlowMatchEulerDiscreteScheduler
-from torchdiffusion.core.spacing import calculate_shift
+from torchdiffusion.core.grids import calculate_shift
 
 from .helpers import run, start
 

@@ -18,6 +18,8 @@ def test_check_noise_names_the_argument():
         check_noise(torch.ones(2, 3, 4, 5), x)
     with pytest.raises(ValueError, match=r"sample \(2, 3, 4, 4\)"):
         check_noise([0.0], x, "sample")
+    with pytest.raises(TypeError, match="original_samples"):
+        td.DDPMScheduler().add_noise([0.0], x, 3)
 
 
 def test_noise_like_shape_dtype_and_generator():

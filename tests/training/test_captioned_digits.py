@@ -19,7 +19,8 @@ from torchdiffusion.training.captioned_digits import (
     parse_caption,
     yardstick_prompts,
 )
-from torchdiffusion.training.data import BatchPlan, iterate_batches, load_training_dataset
+from torchdiffusion.training.data import BatchPlan, iterate_batches
+from torchdiffusion.training.sources import load_training_dataset
 
 HELD = {(d, COLOR_NAMES.index(c)) for d, c in HELD_OUT_PAIRS}
 

@@ -12,8 +12,8 @@ from torchdiffusion.training.data import (
     ImageFolderDataset,
     ImageTransform,
     iterate_batches,
-    load_training_dataset,
 )
+from torchdiffusion.training.sources import load_training_dataset
 
 
 def _write(path, size=(20, 12), mode="RGB", fmt=None):

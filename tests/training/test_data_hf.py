@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from torchdiffusion.training.data import BatchPlan, ImageFolderDataset, iterate_batches, load_training_dataset
+from torchdiffusion.training.data import BatchPlan, ImageFolderDataset, iterate_batches
 from torchdiffusion.training.hub_data import HubImageDataset
+from torchdiffusion.training.sources import load_training_dataset
 
 datasets = pytest.importorskip("datasets")
 

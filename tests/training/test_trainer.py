@@ -169,7 +169,8 @@ def test_bad_trainer_arguments(digits, tmp_path):
 
 
 def test_push_to_hub_uploads_the_pipeline_folder(tmp_path, digits, monkeypatch):
-    """push_to_hub=True (seed 003's --push_to_hub) uploads the exported pipeline, not checkpoints or samples."""
+    """push_to_hub=True (a training script's --push_to_hub) uploads the exported pipeline, not checkpoints or
+    samples."""
     import huggingface_hub
 
     calls = []
@@ -225,7 +226,7 @@ def test_in_training_samples_match_the_saved_pipeline(tmp_path, digits):
 
 def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
     from torchdiffusion import DDIMScheduler, DPMSolverMultistepScheduler
-    from torchdiffusion.training.recipes import swap_scheduler
+    from torchdiffusion.schedulers.samplers import swap_scheduler
 
     ddpm = tiny_scheduler()  # timestep_spacing defaulted ("leading"), variance_type "fixed_small"
     dpm = swap_scheduler(DPMSolverMultistepScheduler, ddpm.config)
@@ -242,8 +243,7 @@ def test_swap_scheduler_keeps_spacing_and_thresholds_pixel_samples():
 
 def test_sampling_scheduler_builds_every_named_sampler():
     from torchdiffusion.pipelines.denoise import step_kwargs
-    from torchdiffusion.schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS
-    from torchdiffusion.training.recipes import sampling_scheduler
+    from torchdiffusion.schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS, sampling_scheduler
 
     ddpm = tiny_scheduler()
     default = sampling_scheduler(DEFAULT_SAMPLER, ddpm.config)
@@ -262,3 +262,17 @@ def test_sampling_scheduler_builds_every_named_sampler():
         assert torch.isfinite(out.prev_sample).all(), name
     with pytest.raises(ValueError, match="scheduler"):
         sampling_scheduler("dpm+++", ddpm.config)
+
+
+def test_progress_bar_total_is_final_under_a_time_limit(tmp_path, digits, capsys):
+    """Under a time limit the bar opens once the step budget is fitted (after the speed probe): one total, never
+    the max_steps the run will not reach."""
+    import re
+
+    # 6 s, less the 10 s margin for saving: the budget ends at the step after the probe's 12
+    options = dict(FAST, max_steps=40, progress_bar=True, time_limit_minutes=0.1, num_sample_images=0)
+    result = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), **options).train()
+    assert result.step == 13
+    shown = re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err)
+    assert shown and {total for _, total in shown} == {"13"}
+    assert int(shown[0][0]) == 12  # the probe's 12 steps ran before the bar opened

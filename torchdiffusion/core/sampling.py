@@ -3,7 +3,9 @@
 The sample is in variance-exploding form ``x = x0 + sigma eps`` (start with ``noise * sigmas[0]``) and
 ``denoiser(x, sigma) -> x0`` is the model's clean-sample estimate, with ``sigma`` a ``(B,)`` tensor. Every call
 keeps its own history, so one denoiser can serve any number of concurrent runs. The update rules are the ones the
-schedulers use (:mod:`torchdiffusion.core.solvers`, :mod:`torchdiffusion.core.multistep`), with ``alpha = 1``.
+schedulers use (:mod:`torchdiffusion.core.solvers`, :mod:`torchdiffusion.core.exponential_integrators`), with
+``alpha = 1``. ``sigmas`` follow the one rule of :mod:`torchdiffusion.core.grids` (non-increasing, >= 0): a step
+between two equal levels calls no model and leaves the sample as it is.
 
 Solvers (A1111 / ComfyUI names in brackets): ``euler`` [Euler], ``euler_ancestral`` [Euler a], ``heun`` [Heun],
 ``dpm_2`` [DPM2], ``lms`` [LMS], ``ddim`` [DDIM], ``dpmpp_2m`` [DPM++ 2M], ``dpmpp_2m_sde`` [DPM++ 2M SDE],
@@ -19,11 +21,11 @@ import numpy as np
 import torch
 
 from ..utils.torch_utils import randn_tensor
-from . import multistep as M
+from . import exponential_integrators as M
 from . import prediction as P
 from . import solvers as S
-from .grids import named_sigmas
-from .spacing import sigma_to_t
+from .grids import check_custom_sigmas, named_sigmas, sigma_to_t
+from .schedules import TrainedSchedule, vp_from_ve
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS: tuple[str, ...] = (
@@ -50,23 +52,23 @@ class VPDenoiser:
     k-diffusion denoiser ``D(x, sigma) -> x0`` over the variance-exploding sample ``x = x_t / alpha``.
 
     The model is called at the fractional training timestep of each ``sigma`` (``sigma_to_t``), with
-    ``x_t = x / sqrt(1 + sigma^2)``. ``sigma_min``/``sigma_max``: the trained range, for :func:`get_sigmas`.
+    ``x_t = x / sqrt(1 + sigma^2)``. ``sigma_min``/``sigma_max``: the trained range, for :func:`get_sigmas`
+    (from :meth:`TrainedSchedule.sigmas <torchdiffusion.core.schedules.TrainedSchedule.sigmas>`, so a
+    zero-terminal-SNR table gets the same finite largest sigma as the schedulers).
     """
 
     def __init__(self, model: Callable, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon") -> None:
         if prediction_type not in P.PREDICTION_TYPES:
             raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose {P.PREDICTION_TYPES}")
-        ab = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.model, self.prediction_type = model, prediction_type
-        self.sigmas = ((1 - ab) / ab).sqrt().numpy()
+        self.sigmas = TrainedSchedule.from_alphas_cumprod(alphas_cumprod).sigmas().numpy()
         self.log_sigmas = np.log(self.sigmas)
         self.sigma_min, self.sigma_max = float(self.sigmas[0]), float(self.sigmas[-1])
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         t = torch.from_numpy(sigma_to_t(s.cpu().numpy(), self.log_sigmas)).to(device=x.device, dtype=torch.float32)
-        alpha = P.expand_as((1 / (1 + s**2)).sqrt(), x)
-        sigma_vp = P.expand_as((s**2 / (1 + s**2)).sqrt(), x)
+        alpha, sigma_vp = (P.expand_as(c, x) for c in vp_from_ve(s))
         out = self.model(x * alpha, t[0] if bool((s == s[0]).all()) else t)  # one timestep for the batch if it can
         x0, _ = P.to_x0_eps(out, x * alpha, alpha, sigma_vp, self.prediction_type)
         return x0
@@ -79,10 +81,7 @@ def _check(denoiser, x, sigmas, solver) -> list[float]:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is not supported; choose one of {', '.join(SOLVERS)}")
-    sig = [float(s) for s in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
-    if len(sig) < 2 or any(not math.isfinite(s) or s < 0 for s in sig) or any(b >= a for a, b in zip(sig, sig[1:])):
-        raise ValueError(f"sigmas must hold >= 2 finite levels, strictly decreasing, >= 0; got {sig}")
-    return sig
+    return check_custom_sigmas(sigmas).tolist()
 
 
 def sample(
@@ -129,8 +128,12 @@ def sample(
     levels: list[M.Level] = []
     derivs: list[torch.Tensor] = []  # d = (x - x0) / sigma at the points the model was called, newest first
     last_x = None  # UniPC: the sample before the predictor moved it
+    visited = [sig[0]]  # the distinct levels so far and the next one (LMS interpolates over them)
     for i in range(n):
         s, s_next = sig[i], sig[i + 1]
+        if s_next == s:  # a repeated level: nothing to integrate
+            continue
+        visited.append(s_next)
         x0 = model(x, s, i)
         derivs.insert(0, S.to_d(x, x0, s))
         if solver in ("euler", "euler_ancestral"):
@@ -141,7 +144,7 @@ def sample(
             x = _two_stage(solver, model, x, x0, s, s_next, i)
         elif solver == "lms":
             k = min(order or 4, len(derivs))
-            c = S.lms_coefficients(sig, i, k)
+            c = S.lms_coefficients(visited, len(visited) - 2, k)
             x = x + sum(cj * dj for cj, dj in zip(c, derivs[:k]))
         else:
             lvl, target = (1.0, s), (1.0, s_next)

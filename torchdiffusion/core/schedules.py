@@ -1,4 +1,6 @@
-"""Noise schedules: betas -> alphas_cumprod -> sigmas.
+"""Training noise schedules: betas -> alphas_cumprod -> sigmas, and :class:`TrainedSchedule`, the one object that
+schedulers, the Trainer, ``torchdiffusion.simple`` and the functional sampler ask for trained noise levels, SNR,
+noised samples (``add_noise``) and velocity targets.
 
 Notation (DDPM, Ho et al. 2020; k-diffusion, Karras et al. 2022):
 
@@ -8,16 +10,21 @@ Notation (DDPM, Ho et al. 2020; k-diffusion, Karras et al. 2022):
 * ``sigma_t``           ``sqrt((1 - alpha_bar_t) / alpha_bar_t)``: the same noise level in variance exploding form,
   ``x_t / sqrt(alpha_bar_t) = x0 + sigma_t eps``.
 
-Everything here is computed in float64 (callers cast at use) so that long cumulative products do not drift.
+Betas are computed in float64 and rounded to float32 (see :func:`make_betas`); everything derived from the
+float32 table is computed in float64 (callers cast at use), except the float32 sigmas of the multistep schedulers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+
+from .prediction import ALPHA_BAR_FLOOR, add_noise, get_velocity
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2", "exp", "laplace", "sigmoid")
 """Every ``beta_schedule`` value the schedulers accept."""
@@ -122,39 +129,50 @@ def make_betas(
     return betas
 
 
-def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
-    """``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` in float64, shape ``(T,)``."""
-    return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+def vp_from_ve(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha, sigma_vp)`` of variance-exploding noise levels: ``x0 + sigma eps`` scaled by
+    ``alpha = 1 / sqrt(1 + sigma^2)`` is ``alpha x0 + sigma_vp eps``. Same shape and dtype as ``sigma``."""
+    return (1 / (1 + sigma**2)).sqrt(), (sigma**2 / (1 + sigma**2)).sqrt()
 
 
-def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Variance-exploding noise levels ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)``, shape ``(T,)``."""
-    ab = alphas_cumprod.to(torch.float64)
-    return ((1.0 - ab) / ab).sqrt()
-
-
-class NoiseSchedule:
-    """A training noise schedule: the ``alpha_bar`` table models were trained against, plus float64 views.
+@dataclass(frozen=True, eq=False)
+class TrainedSchedule:
+    """The noise levels a model was trained on, and the forward process over them: the one place that turns a
+    training schedule into ``alpha_bar``, variance-exploding sigmas, SNR, noised samples and velocity targets.
 
     The table is built the way Diffusers builds it during training (float32 betas, float32 cumulative product),
     because those rounded values *are* the noise levels a Diffusers-trained model learned: ``1 - alpha_bar`` at
     small t keeps only a few float32 digits, and recomputing it more precisely would move the noise levels the
-    model expects (by up to 1e-3 relative). Everything derived from the table (coefficients, sigmas) is computed
-    in float64 from these values.
+    model expects (by up to 1e-3 relative). Everything derived from the table is computed in float64 from these
+    values, except where noted (the multistep schedulers' float32 sigmas, as Diffusers computes them).
 
     Attributes (all shape ``(T,)``): ``betas``, ``alphas``, ``alphas_cumprod`` (float32, as Diffusers exposes them;
     float32 also avoids silently promoting users' tensors to float64) and ``betas64``, ``alphas_cumprod64``.
+    Build with :meth:`from_config`, from float64 betas (``TrainedSchedule(betas64)``) or
+    :meth:`from_alphas_cumprod` (any scheduler's table, e.g. a Diffusers one).
     """
 
-    def __init__(self, betas64: torch.Tensor) -> None:
-        self.betas = betas64.float()
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.betas64 = self.betas.double()
-        self.alphas_cumprod64 = self.alphas_cumprod.double()
+    betas64: torch.Tensor
+    alphas_cumprod64: torch.Tensor | None = None
+    betas: torch.Tensor = field(init=False, repr=False)
+    alphas: torch.Tensor = field(init=False, repr=False)
+    alphas_cumprod: torch.Tensor = field(init=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "betas64", self.betas64.to(torch.float64))
+        betas = self.betas64.float()
+        set_(self, "betas", betas)
+        set_(self, "alphas", 1.0 - betas)
+        if self.alphas_cumprod64 is None:
+            set_(self, "alphas_cumprod", torch.cumprod(self.alphas, dim=0))
+            set_(self, "alphas_cumprod64", self.alphas_cumprod.double())
+        else:
+            set_(self, "alphas_cumprod", self.alphas_cumprod64.float())
 
     @classmethod
-    def from_config(cls, config) -> NoiseSchedule:
+    def from_config(cls, config) -> TrainedSchedule:
         """Build from a scheduler config holding the usual keys (missing ones take Diffusers' defaults)."""
         get = config.get
         return cls(
@@ -168,9 +186,81 @@ class NoiseSchedule:
             )
         )
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: Sequence[float] | torch.Tensor) -> TrainedSchedule:
+        """Build from an ``alpha_bar`` table ``(T,)`` (kept as given, in float64; betas derived from it)."""
+        ab = torch.as_tensor(alphas_cumprod).detach().cpu().to(torch.float64)
+        if ab.ndim != 1 or ab.numel() == 0:
+            raise ValueError(f"alphas_cumprod must be a non-empty 1-D table, got shape {tuple(ab.shape)}")
+        betas = 1.0 - torch.cat([ab[:1], ab[1:] / ab[:-1].clamp(min=1e-300)])
+        return cls(betas, ab)
+
     def __len__(self) -> int:
         return self.betas64.shape[0]
 
     def alpha_bar(self, t: int, final: float = 1.0) -> float:
         """``alpha_bar_t`` as a Python float; ``t < 0`` means "after the last step" and gives ``final``."""
         return float(self.alphas_cumprod64[t]) if t >= 0 else float(final)
+
+    # ---- noise levels ---------------------------------------------------------------------------------------
+    def floored_alphas_cumprod(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``alpha_bar`` ``(T,)`` in ``dtype`` with the zero-SNR floor: a last entry of 0 (zero terminal SNR)
+        becomes ``ALPHA_BAR_FLOOR`` (as Diffusers' Euler/DPM schedulers do), so every sigma is finite."""
+        ab = (self.alphas_cumprod64 if dtype == torch.float64 else self.alphas_cumprod.to(dtype)).clone()
+        if ab[-1] <= 0:
+            ab[-1] = ALPHA_BAR_FLOOR
+        return ab
+
+    def sigmas(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Variance-exploding noise levels ``sqrt((1 - alpha_bar) / alpha_bar)`` ``(T,)``, increasing with t,
+        computed in ``dtype`` from the floored table (float32 is what Diffusers' multistep schedulers use)."""
+        ab = self.floored_alphas_cumprod(dtype)
+        return ((1 - ab) / ab).sqrt()
+
+    def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio ``alpha_bar_t / (1 - alpha_bar_t)`` per sample: ``(B,)`` float32 on
+        ``timesteps``' device (computed in float64; ``1 - alpha_bar`` floored at 1e-20)."""
+        ab = self.alphas_cumprod64.to(timesteps.device)[timesteps]
+        return (ab / (1 - ab).clamp(min=1e-20)).float()
+
+    # ---- forward process ------------------------------------------------------------------------------------
+    def coefficients(
+        self, timesteps: Any, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` for integer ``timesteps`` (scalar or ``(B,)``): float32,
+        computed in float64, on ``device`` (default: the timesteps'). ``ValueError`` names ``timesteps``."""
+        t = torch.as_tensor(timesteps)
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"timesteps must be integers, got dtype {t.dtype}")
+        if t.dtype.is_floating_point:
+            if not torch.equal(t, t.round()):
+                raise ValueError(f"timesteps must be integers, got {t.tolist()}")
+            t = t.long()
+        device = torch.device(device) if device is not None else t.device
+        if device not in self._cache:  # float64 maths, stored float32 (MPS has no float64)
+            ab = self.alphas_cumprod64
+            self._cache[device] = (ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device))
+        a, s = self._cache[device]
+        t = t.to(device)
+        if t.device.type == "cpu" and ((t < 0).any() or (t >= len(self)).any()):
+            raise ValueError(f"timesteps must lie in [0, {len(self) - 1}], got {t.tolist()}")
+        return a[t], s[t]
+
+    def _batch_coefficients(self, timesteps: Any, like: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(like, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(like).__name__}")
+        n = torch.as_tensor(timesteps).numel()
+        if n not in (1, like.shape[0]):
+            raise ValueError(f"timesteps has {n} entries but the batch has {like.shape[0]} samples")
+        return self.coefficients(timesteps, like.device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """Forward process ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise``; ``x0``, ``noise``:
+        ``(B, ...)``, ``timesteps``: scalar or ``(B,)`` integers. Coefficients are cast to ``x0``'s dtype."""
+        a, s = self._batch_coefficients(timesteps, x0, "x0")
+        return add_noise(x0, noise, a, s)
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """The ``v_prediction`` target ``sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x0``, shaped like ``x0``."""
+        a, s = self._batch_coefficients(timesteps, x0, "x0")
+        return get_velocity(x0, noise, a, s)

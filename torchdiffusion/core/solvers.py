@@ -2,7 +2,7 @@
 
 Variance-preserving rules take ``alpha_bar`` values (Python floats) of the current step ``t`` and the previous
 (less noisy) step ``s``; variance-exploding (k-diffusion) rules take noise levels ``sigma``. No state is kept
-here: multistep histories live in the scheduler adapters (or :mod:`torchdiffusion.core.multistep`).
+here: multistep histories live in the scheduler adapters (or :mod:`torchdiffusion.core.exponential_integrators`).
 """
 
 from __future__ import annotations

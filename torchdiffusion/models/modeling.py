@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..hub import split_push_kwargs, upload_saved_folder
+from ..weights import load_model, save_model
+
 
 class ModelMixin(nn.Module):
     """Base class for models. Subclasses also inherit :class:`~torchdiffusion.configuration.ConfigMixin` and
@@ -77,8 +80,6 @@ class ModelMixin(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a model folder written by Diffusers or torchdiffusion (see ``weights.load_model``)."""
-        from ..weights import load_model
-
         return load_model(cls, pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs: Any) -> None:
@@ -88,16 +89,15 @@ class ModelMixin(nn.Module):
         upload options: ``repo_id`` (default: the folder's name), ``commit_message``, ``private``, ``token``,
         ``create_pr``.
         """
-        from ..hub import split_push_kwargs
-        from ..weights import save_model
-
         push, kwargs = split_push_kwargs(kwargs)
         save_model(self, save_directory, **kwargs)
         if push_to_hub and kwargs.get("is_main_process", True):
-            from ..hub import upload_saved_folder
-
             push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             upload_saved_folder(self, save_directory, **push)
+
+    def _save_for_hub(self, folder: str, safe_serialization: bool = True, variant: str | None = None) -> None:
+        """What ``push_to_hub`` uploads: this model's ``save_pretrained`` folder with the weight options."""
+        self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
 
 
 def checkpointed(module: nn.Module, fn, *args: Any) -> Any:

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..configuration import ConfigMixin, read_json
-from ..hub import HUB_KWARGS, check_plain_name, resolve_file
+from ..configuration import ConfigMixin
+from ..hub import HUB_KWARGS, check_plain_name, resolve_file, split_push_kwargs, upload_saved_folder
+from ..models.modeling import ModelMixin
+from ..schedulers.scheduling_utils import SchedulerMixin
+from ..utils.json_files import read_json
 from ..utils.outputs import BaseOutput
 
 # transformers classes a pipeline folder may name (text encoders, tokenizers, image processors).
@@ -54,18 +57,10 @@ def _our_class(name: str) -> type | None:
     """A public class of this package by name, if it is a model, scheduler or pipeline (the allow-list)."""
     import torchdiffusion
 
-    from ..models.modeling import ModelMixin
-
     if name not in torchdiffusion._LAZY:
         return None
     obj = getattr(torchdiffusion, name)
-    base_types: tuple[type, ...] = (ModelMixin, DiffusionPipeline)
-    try:
-        from ..schedulers.scheduling_utils import SchedulerMixin
-
-        base_types += (SchedulerMixin,)
-    except ImportError:  # pragma: no cover - schedulers always ship
-        pass
+    base_types = (ModelMixin, DiffusionPipeline, SchedulerMixin)
     return obj if isinstance(obj, type) and issubclass(obj, base_types) else None
 
 
@@ -212,14 +207,10 @@ class DiffusionPipeline(ConfigMixin):
         upload options: ``repo_id`` (default: the folder's name), ``commit_message``, ``private``, ``token``,
         ``create_pr``.
         """
-        from ..hub import split_push_kwargs
-
         push, kwargs = split_push_kwargs(kwargs)
         if kwargs:
             raise TypeError(f"save_pretrained got unexpected keyword argument(s): {', '.join(kwargs)}")
         self.save_config(save_directory)
-        from ..models.modeling import ModelMixin
-
         for name, component in self.components.items():
             if component is None:
                 continue
@@ -236,10 +227,12 @@ class DiffusionPipeline(ConfigMixin):
             else:
                 raise TypeError(f"component {name!r} ({type(component).__name__}) cannot be saved")
         if push_to_hub:
-            from ..hub import upload_saved_folder
-
             push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             upload_saved_folder(self, save_directory, **push)
+
+    def _save_for_hub(self, folder: str, safe_serialization: bool = True, variant: str | None = None) -> None:
+        """What ``push_to_hub`` uploads: this pipeline's ``save_pretrained`` folder with the weight options."""
+        self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
 
     # ---- loading ---------------------------------------------------------------------------------------
     @classmethod
@@ -328,8 +321,6 @@ def _load_component(root, name: str, entry, torch_dtype, variant, use_safetensor
         component_cls = _our_class(class_name)
         if component_cls is None:
             raise ValueError(f"model_index.json component {name!r} names {library}.{class_name}, which is not allowed")
-        from ..models.modeling import ModelMixin
-
         if issubclass(component_cls, ModelMixin):
             return component_cls.from_pretrained(
                 root,

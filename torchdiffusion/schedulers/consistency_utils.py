@@ -9,12 +9,18 @@ import numpy as np
 import torch
 
 from ..configuration import ConfigMixin, register_to_config
+from ..core import grids as G
 from ..core import prediction as P
-from ..core import spacing as G
-from .scheduling_utils import AlphaBarSchedulerMixin, SchedulerMixin, StepIndexMixin, timestep_to_int
+from .scheduling_utils import (
+    AlphaBarSchedulerMixin,
+    PreviousTimestepMixin,
+    SchedulerMixin,
+    StepIndexMixin,
+    timestep_to_int,
+)
 
 
-class ConsistencyBase(StepIndexMixin, AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
+class ConsistencyBase(PreviousTimestepMixin, StepIndexMixin, AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
     """Config, grid and bookkeeping shared by LCM and TCD (same arguments and defaults in Diffusers): timesteps
     picked from the distillation grid."""
 

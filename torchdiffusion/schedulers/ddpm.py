@@ -12,7 +12,14 @@ from ..core import prediction as P
 from ..core import solvers as S
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg
-from .scheduling_utils import KARRAS_COMPATIBLES, AlphaBarSchedulerMixin, SchedulerMixin, noise_like, timestep_to_int
+from .scheduling_utils import (
+    KARRAS_COMPATIBLES,
+    AlphaBarSchedulerMixin,
+    PreviousTimestepMixin,
+    SchedulerMixin,
+    noise_like,
+    timestep_to_int,
+)
 
 
 @dataclass
@@ -23,7 +30,7 @@ class DDPMSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class DDPMScheduler(AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
+class DDPMScheduler(PreviousTimestepMixin, AlphaBarSchedulerMixin, SchedulerMixin, ConfigMixin):
     """Denoising diffusion probabilistic models: ``x_s ~ q(x_s | x_t, x0_hat)``, the posterior of eq. 7.
 
     Arguments and defaults are Diffusers'. Without ``set_timesteps`` it walks every training step

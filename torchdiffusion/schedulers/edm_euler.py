@@ -10,8 +10,8 @@ import torch
 from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
+from ..core.grids import check_custom_sigmas, check_num_inference_steps, exponential_sigmas, karras_sigmas
 from ..core.schedules import check_choice
-from ..core.spacing import check_custom_sigmas, check_num_inference_steps, exponential_sigmas, karras_sigmas
 from ..utils.torch_utils import GeneratorArg
 from .scheduling_utils import SchedulerMixin
 from .sigma_utils import SchedulerStepOutput, SigmaStepMixin

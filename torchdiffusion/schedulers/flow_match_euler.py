@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..configuration import ConfigMixin, register_to_config
-from ..core import spacing as G
+from ..core import grids as G
 from ..core.schedules import check_choice
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg
@@ -89,7 +89,7 @@ class FlowMatchEulerDiscreteScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixi
         """Grid of ``num_inference_steps`` (or custom ``sigmas`` in (0, 1] / ``timesteps``), shifted."""
         cfg = self.config
         if cfg.use_dynamic_shifting and mu is None:
-            raise ValueError("mu is required when use_dynamic_shifting=True (see core.spacing.calculate_shift)")
+            raise ValueError("mu is required when use_dynamic_shifting=True (see core.grids.calculate_shift)")
         s = G.flow_match_sigmas(
             cfg, num_inference_steps, sigmas, timesteps, mu, self.shift, (self.sigma_min, self.sigma_max)
         )

@@ -2,7 +2,7 @@
 
 They visit integer training timesteps, keep ``n + 1`` variance-exploding noise levels ``sigmas`` (the model is fed
 the sample unscaled: ``x = alpha x0 + sigma_vp eps`` with ``alpha = 1 / sqrt(1 + sigma^2)``) and a short history
-of converted model outputs. The update maths is in :mod:`torchdiffusion.core.multistep`, the grids in
+of converted model outputs. The update maths is in :mod:`torchdiffusion.core.exponential_integrators`, the grids in
 :mod:`torchdiffusion.core.grids`; this mixin holds the bookkeeping.
 """
 
@@ -13,13 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import multistep as M
+from ..core import exponential_integrators as M
 from ..core import prediction as P
-from ..core.grids import multistep_schedule
-from ..core.prediction import ALPHA_BAR_FLOOR
-from ..core.schedules import NoiseSchedule, check_choice
-from ..core.spacing import sigma_grid_kind
-from .scheduling_utils import StepIndexMixin, check_config, check_noise, noise_like
+from ..core.grids import multistep_schedule, sigma_grid_kind
+from ..core.schedules import check_choice
+from .scheduling_utils import StepIndexMixin, TrainedScheduleMixin, check_noise, noise_like
 
 MULTISTEP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 # Values another solver family writes into a shared config; Diffusers maps them to this family's default on swaps.
@@ -40,7 +38,7 @@ def remap_legacy(scheduler: Any, aliases: dict, **allowed: tuple) -> None:
             check_choice(key, value, ok)
 
 
-class MultistepMixin(StepIndexMixin):
+class MultistepMixin(StepIndexMixin, TrainedScheduleMixin):
     """Schedule, grid, model-output conversion, history and ``add_noise`` of the multistep schedulers.
 
     Subclasses set ``_style`` (see :func:`~torchdiffusion.core.grids.multistep_schedule`) and ``_form``
@@ -54,7 +52,7 @@ class MultistepMixin(StepIndexMixin):
     def _init_multistep(self) -> None:
         """Call at the end of ``__init__``: validate the config and build the schedule and default grid."""
         cfg = self.config
-        check_config({k: v for k, v in cfg.items() if k != "prediction_type"})
+        self._init_trained_schedule({k: v for k, v in cfg.items() if k != "prediction_type"})
         check_choice("prediction_type", cfg.prediction_type, MULTISTEP_PREDICTION_TYPES)
         order = cfg.solver_order
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
@@ -64,16 +62,12 @@ class MultistepMixin(StepIndexMixin):
         sigma_grid_kind(cfg)
         if cfg.prediction_type == "flow_prediction" and not cfg.get("use_flow_sigmas", False):
             raise ValueError("prediction_type='flow_prediction' needs use_flow_sigmas=True")
-        self.schedule = NoiseSchedule.from_config(cfg)
-        self.betas, self.alphas = self.schedule.betas, self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
-        ab = self.schedule.alphas_cumprod.clone()
-        if cfg.get("rescale_betas_zero_snr", False) or ab[-1] <= 0:  # zero terminal SNR: a finite largest sigma
-            ab[-1] = ALPHA_BAR_FLOOR
+        # float32 like the table models were trained with (zero terminal SNR floored to a finite largest sigma);
+        # grids computed from it match Diffusers' to the bit
+        ab = self.schedule.floored_alphas_cumprod(torch.float32)
         self.alpha_t, self.sigma_t = ab.sqrt(), (1 - ab).sqrt()
         self.lambda_t = self.alpha_t.log() - self.sigma_t.log()
-        # float32 like the table models were trained with; grids computed from it match Diffusers' to the bit
-        self._train_sigmas = ((1 - ab) / ab).sqrt().numpy()
+        self._train_sigmas = self.schedule.sigmas(torch.float32).numpy()
         T = len(self._train_sigmas)
         # before set_timesteps: every training timestep, noisiest first, with its own sigma (add_noise for training)
         self._set_grid(np.arange(T - 1, -1, -1, dtype=np.float64), np.append(self._train_sigmas[::-1], 0.0), None)

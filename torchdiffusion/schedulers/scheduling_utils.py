@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from ..core import prediction as P
-from ..core.schedules import NoiseSchedule, check_choice
+from ..core.grids import TIMESTEP_SPACINGS, check_custom_timesteps, timestep_grid
+from ..core.grids import AysSchedules as AysSchedules  # Diffusers' place for the Align-Your-Steps table
+from ..core.schedules import TrainedSchedule, check_choice
 from ..core.solvers import VARIANCE_TYPES
-from ..core.spacing import TIMESTEP_SPACINGS, check_custom_timesteps, timestep_grid
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import randn_tensor
 
@@ -54,15 +55,6 @@ class KarrasDiffusionSchedulers(Enum):
 
 
 KARRAS_COMPATIBLES: list[str] = [e.name for e in KarrasDiffusionSchedulers]
-
-# Align-Your-Steps grids (Sabour et al. 2024) published for these models, usable as `timesteps=` / `sigmas=`.
-AysSchedules: dict[str, list[float]] = {
-    "StableDiffusionTimesteps": [999, 850, 736, 645, 545, 455, 343, 233, 124, 24],
-    "StableDiffusionSigmas": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.0],
-    "StableDiffusionXLTimesteps": [999, 845, 730, 587, 443, 310, 193, 116, 53, 13],
-    "StableDiffusionXLSigmas": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.0],
-    "StableDiffusionVideoSigmas": [700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.0],
-}
 
 
 @dataclass
@@ -135,7 +127,10 @@ def timestep_to_int(timestep: Any, name: str = "timestep") -> int:
 
 
 def check_noise(noise: Any, like: torch.Tensor, name: str = "original_samples") -> None:
-    """``ValueError`` unless ``noise`` is a tensor shaped like ``like`` (the argument called ``name``)."""
+    """``ValueError`` unless ``noise`` is a tensor shaped like ``like`` (the argument called ``name``, which must be
+    a tensor: ``TypeError`` otherwise)."""
+    if not isinstance(like, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(like).__name__}")
     if not isinstance(noise, torch.Tensor) or noise.shape != like.shape:
         raise ValueError(f"noise must be a tensor shaped like {name} {tuple(like.shape)}")
 
@@ -166,12 +161,24 @@ def check_config(config) -> None:
             raise ValueError(f"{key} must be > 0, got {config[key]!r}")
 
 
-class AlphaBarSchedulerMixin:
+class TrainedScheduleMixin:
+    """The training schedule of a scheduler over ``alpha_bar``: ``self.schedule`` (a
+    :class:`~torchdiffusion.core.schedules.TrainedSchedule`) and its ``betas``/``alphas``/``alphas_cumprod``
+    (float32, like Diffusers)."""
+
+    def _init_trained_schedule(self, checked: Any = None) -> None:
+        """Validate ``checked`` (default: the whole config) and build the schedule from the config."""
+        check_config(self.config if checked is None else checked)
+        self.schedule = TrainedSchedule.from_config(self.config)
+        self.betas, self.alphas = self.schedule.betas, self.schedule.alphas
+        self.alphas_cumprod = self.schedule.alphas_cumprod
+
+
+class AlphaBarSchedulerMixin(TrainedScheduleMixin):
     """Shared pieces of schedulers indexed by integer training timesteps over ``alpha_bar`` (``alphas_cumprod``).
 
-    Gives ``betas``/``alphas``/``alphas_cumprod`` (float32, like Diffusers; float64 in ``self.schedule``),
-    ``init_noise_sigma``, ``scale_model_input``, ``add_noise``, ``get_velocity``, integer grids for
-    ``set_timesteps`` and ``previous_timestep``.
+    Gives ``init_noise_sigma``, ``scale_model_input``, ``add_noise``, ``get_velocity`` and integer grids for
+    ``set_timesteps``.
     """
 
     init_noise_sigma = 1.0  # the initial noise is standard normal
@@ -179,18 +186,11 @@ class AlphaBarSchedulerMixin:
     def _init_schedule(self, set_alpha_to_one: bool | None = None) -> None:
         """Call at the end of ``__init__``: validates the config and builds the noise schedule; schedulers with a
         ``set_alpha_to_one`` argument pass it (the final step goes to ``alpha_bar = 1``, else to ``alpha_bar_0``)."""
-        check_config(self.config)
-        self.schedule = NoiseSchedule.from_config(self.config)
-        self.betas, self.alphas, self.alphas_cumprod = (
-            self.schedule.betas,
-            self.schedule.alphas,
-            self.schedule.alphas_cumprod,
-        )
+        self._init_trained_schedule()
         self.one = torch.tensor(1.0)
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
         self._set_grid(np.arange(len(self.schedule))[::-1].copy(), None)
-        self._coeff_cache: dict = {}
         if set_alpha_to_one is not None:
             self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
             self._final_ab = 1.0 if set_alpha_to_one else float(self.schedule.alphas_cumprod64[0])
@@ -237,18 +237,6 @@ class AlphaBarSchedulerMixin:
     def _grid_position(self, t: int) -> int | None:
         return self._grid_index.get(t)
 
-    def previous_timestep(self, timestep: Any) -> int | torch.Tensor:
-        """The timestep after ``timestep`` in the current grid (``-1`` after the last); ``t - 1`` with no grid set."""
-        t = timestep_to_int(timestep)
-        if self.num_inference_steps is None:
-            prev = t - 1
-        else:
-            i = self._grid_position(t)
-            if i is None:
-                raise ValueError(f"timestep={t} is not in the scheduler's timesteps {self._grid}")
-            prev = self._grid[i + 1] if i + 1 < len(self._grid) else -1
-        return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
-
     def _check_timestep(self, t: int) -> None:
         if not 0 <= t < len(self.schedule):
             raise ValueError(f"timestep={t} is outside the training range [0, {len(self.schedule) - 1}]")
@@ -262,41 +250,32 @@ class AlphaBarSchedulerMixin:
         self._check_timestep(t)
         return t
 
-    # ---- forward process -----------------------------------------------------------------------------------
-    def _noise_coeffs(self, timesteps: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` for (per-sample) ``timesteps``, on ``like``'s device."""
-        if not isinstance(like, torch.Tensor):
-            raise TypeError(f"samples must be a torch.Tensor, got {type(like).__name__}")
-        t = torch.as_tensor(timesteps)
-        if t.dtype.is_floating_point:
-            if not torch.equal(t, t.round()):
-                raise ValueError(f"timesteps must be integers for {type(self).__name__}, got {t.tolist()}")
-            t = t.long()
-        if t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"timesteps must be integers, got dtype {t.dtype}")
-        if t.numel() not in (1, like.shape[0]):
-            raise ValueError(f"timesteps has {t.numel()} entries but the batch has {like.shape[0]} samples")
-        device = like.device
-        if device not in self._coeff_cache:  # float64 maths, stored float32 (MPS has no float64)
-            ab = self.schedule.alphas_cumprod64
-            self._coeff_cache[device] = (ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device))
-        a, s = self._coeff_cache[device]
-        t = t.to(device)
-        if t.device.type == "cpu" and ((t < 0).any() or (t >= len(self.schedule)).any()):
-            raise ValueError(f"timesteps must lie in [0, {len(self.schedule) - 1}], got {t.tolist()}")
-        return a[t], s[t]
-
+    # ---- forward process (see core.schedules.TrainedSchedule) ----------------------------------------------
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """Forward process ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps``; ``timesteps`` scalar or ``(B,)``."""
         check_noise(noise, original_samples)
-        a, s = self._noise_coeffs(timesteps, original_samples)
-        return P.add_noise(original_samples, noise, a, s)
+        return self.schedule.add_noise(original_samples, noise, timesteps)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
         """The ``v_prediction`` target ``sqrt(ab_t) eps - sqrt(1 - ab_t) x0`` (``sample`` is ``x0``)."""
         check_noise(noise, sample, "sample")
-        a, s = self._noise_coeffs(timesteps, sample)
-        return P.get_velocity(sample, noise, a, s)
+        return self.schedule.velocity(sample, noise, timesteps)
+
+
+class PreviousTimestepMixin:
+    """``previous_timestep`` for the integer-grid schedulers whose Diffusers class has it (DDPM, LCM, TCD)."""
+
+    def previous_timestep(self, timestep: Any) -> int | torch.Tensor:
+        """The timestep after ``timestep`` in the current grid (``-1`` after the last); ``t - 1`` with no grid set."""
+        t = timestep_to_int(timestep)
+        if self.num_inference_steps is None:
+            prev = t - 1
+        else:
+            i = self._grid_position(t)
+            if i is None:
+                raise ValueError(f"timestep={t} is not in the scheduler's timesteps {self._grid}")
+            prev = self._grid[i + 1] if i + 1 < len(self._grid) else -1
+        return torch.tensor(prev) if isinstance(timestep, torch.Tensor) else prev
 
 
 class StepIndexMixin:

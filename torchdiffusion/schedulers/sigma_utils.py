@@ -16,14 +16,14 @@ import torch
 from ..configuration import ConfigMixin, register_to_config
 from ..core import prediction as P
 from ..core import solvers as S
-from ..core.prediction import ALPHA_BAR_FLOOR
-from ..core.spacing import discrete_sigma_schedule, sigma_grid_kind, sigma_to_t
+from ..core.grids import discrete_sigma_schedule, sigma_grid_kind, sigma_to_t
+from ..core.schedules import vp_from_ve
 from ..utils.outputs import BaseOutput
 from .scheduling_utils import (
     KARRAS_COMPATIBLES,
-    AlphaBarSchedulerMixin,
     SchedulerMixin,
     StepIndexMixin,
+    TrainedScheduleMixin,
     check_noise,
     noise_like,
     reject_integer_index,
@@ -95,12 +95,11 @@ class SigmaStepMixin(StepIndexMixin):
         """The ``v_prediction`` target at the noise level of each sample's timestep (``sample`` is ``x0``)."""
         check_noise(noise, sample, "sample")
         idx = [self.index_for_timestep(v) for v in torch.as_tensor(timesteps).flatten().tolist()]
-        s = torch.tensor([self._sig[i] for i in idx], dtype=torch.float64)
-        a, sv = (1 / (1 + s**2)).sqrt(), (s**2 / (1 + s**2)).sqrt()
+        a, sv = vp_from_ve(torch.tensor([self._sig[i] for i in idx], dtype=torch.float64))
         return P.get_velocity(sample, noise, a, sv)
 
 
-class KarrasSigmaMixin(SigmaStepMixin, AlphaBarSchedulerMixin):
+class KarrasSigmaMixin(SigmaStepMixin, TrainedScheduleMixin):
     """Training noise levels, sigma grids, input scaling, ``add_noise`` and step bookkeeping in sigma space.
 
     Attributes after ``set_timesteps``: ``timesteps`` ``(n,)`` float32, ``sigmas`` ``(n + 1,)`` float32 (CPU).
@@ -110,12 +109,9 @@ class KarrasSigmaMixin(SigmaStepMixin, AlphaBarSchedulerMixin):
 
     def _init_sigmas(self) -> None:
         """Call at the end of ``__init__``: schedule, training sigmas and the full-length default grid."""
-        self._init_schedule()
+        self._init_trained_schedule()
         sigma_grid_kind(self.config)  # validates the use_*_sigmas flags
-        ab = self.schedule.alphas_cumprod64.clone()
-        if ab[-1] <= 0:  # zero terminal SNR: a finite largest sigma (the floor Diffusers uses)
-            ab[-1] = ALPHA_BAR_FLOOR
-        self._train_sigmas = ((1 - ab) / ab).sqrt().numpy()
+        self._train_sigmas = self.schedule.sigmas().numpy()  # float64, finite also for zero terminal SNR
         T = len(self._train_sigmas)
         self._set_sigma_grid(np.arange(T - 1, -1, -1, dtype=np.float64), np.append(self._train_sigmas[::-1], 0.0))
         self.num_inference_steps = None
@@ -125,7 +121,7 @@ class KarrasSigmaMixin(SigmaStepMixin, AlphaBarSchedulerMixin):
         self._set_levels(ts, sig, device)
 
     def _compute_sigma_schedule(self, num_inference_steps=None, timesteps=None, sigmas=None):
-        """``(timesteps, sigmas)`` float64 arrays for this config (see ``core.spacing.discrete_sigma_schedule``)."""
+        """``(timesteps, sigmas)`` float64 arrays for this config (see ``core.grids.discrete_sigma_schedule``)."""
         return discrete_sigma_schedule(
             self._train_sigmas, self.config, num_inference_steps, timesteps, sigmas, self._round_karras_timesteps
         )

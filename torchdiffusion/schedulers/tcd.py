@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core import grids as G
 from ..core import prediction as P
-from ..core import spacing as G
 from ..utils.outputs import BaseOutput
 from ..utils.torch_utils import GeneratorArg
 from .consistency_utils import ConsistencyBase

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..configuration import ConfigMixin, register_to_config
-from ..core import multistep as M
+from ..core import exponential_integrators as M
 from .multistep_utils import TO_UNIPC, MultistepMixin, remap_legacy
 from .scheduling_utils import KARRAS_COMPATIBLES, SchedulerMixin, SchedulerOutput
 

@@ -11,11 +11,11 @@ from .data import (
     ImageFolderDataset,
     ImageTransform,
     TrainingDataset,
-    load_training_dataset,
 )
 from .ema import EMAModel
 from .hub_data import HubImageDataset
 from .metrics import DigitsYardstick, fid, frechet_distance
+from .sources import load_training_dataset
 from .trainer import Trainer, TrainingResult
 
 __all__ = [

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.prediction import PREDICTION_TYPES, expand_as
+from ..core.prediction import PREDICTION_TYPES, get_velocity
+from ..core.schedules import TrainedSchedule
 
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
 
@@ -35,9 +36,9 @@ def sample_noise(
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """``alpha_bar_t / (1 - alpha_bar_t)`` per sample: ``(B,)`` float32 on ``timesteps``' device."""
-    ab = alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]
-    return (ab / (1 - ab).clamp(min=1e-20)).float()
+    """``alpha_bar_t / (1 - alpha_bar_t)`` per sample: ``(B,)`` float32 on ``timesteps``' device
+    (:meth:`~torchdiffusion.core.schedules.TrainedSchedule.snr` of the table)."""
+    return TrainedSchedule.from_alphas_cumprod(alphas_cumprod).snr(timesteps)
 
 
 def training_target(
@@ -49,7 +50,7 @@ def training_target(
     if prediction_type == "sample":
         return x0
     if prediction_type == "v_prediction":
-        return expand_as(alpha_t, x0) * noise - expand_as(sigma_t, x0) * x0
+        return get_velocity(x0, noise, alpha_t, sigma_t)
     check_prediction_type(prediction_type)
     raise AssertionError("unreachable")
 

@@ -1,106 +1,88 @@
-"""What a :class:`~torchdiffusion.training.trainer.Trainer` hands out: the EMA model, its pipeline, sample grids, the
-loss plot and JSON log, the saved pipeline folder and the Hub upload."""
+"""What a training run hands out, as plain functions of what they use: the EMA model, its pipeline, sample
+grids, the loss plot and JSON log, the saved pipeline folder and the Hub upload. The
+:class:`~torchdiffusion.training.trainer.Trainer` calls them with its model, scheduler and settings."""
 
 from __future__ import annotations
 
 import copy
 import os
 import time
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .report import image_grid, loss_plot, save_image, save_json
+from ..utils.image_files import image_grid, save_image
+from .report import save_json, save_loss_plot
 
 
-class TrainerOutputs:
-    """Output methods of the Trainer (a mixin: it reads the Trainer's ``unwrapped`` model, ``ema``, ``config``,
-    ``noise_scheduler``, ``alphas_cumprod``, ``dataset``, ``class_conditional``/``num_classes``/``null_class_label``,
-    ``output_dir``, ``step``, ``losses`` and ``world_size``)."""
+def ema_model(model: torch.nn.Module, ema: Any = None) -> torch.nn.Module:
+    """A copy of ``model`` holding the weights of ``ema`` (an :class:`EMAModel`; None: ``model``'s own), in eval
+    mode and contiguous memory format."""
+    copied = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    if ema is not None:
+        ema.copy_to(copied)
+    return copied.eval()
 
-    def ema_model(self) -> torch.nn.Module:
-        """A copy of the model holding the EMA weights (the model itself without EMA), in eval mode."""
-        model = copy.deepcopy(self.unwrapped).to(memory_format=torch.contiguous_format)
-        if self.ema is not None:
-            self.ema.copy_to(model)
-        return model.eval()
 
-    def pipeline(self) -> Any:
-        """The pipeline of the EMA model: :class:`DDPMPipeline`, or :class:`ClassConditionalPipeline`."""
-        model = self.ema_model()
-        if self.class_conditional:
-            from ..pipelines.class_conditional import ClassConditionalPipeline
+def build_pipeline(
+    model: torch.nn.Module,
+    noise_scheduler: Any,
+    class_conditional: bool = False,
+    null_class_label: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Any:
+    """:class:`ClassConditionalPipeline` (``class_conditional``; ``null_class_label``: the label-dropout class,
+    ``class_names``: names by index) or :class:`DDPMPipeline` around ``model``, with its progress bar off."""
+    if class_conditional:
+        from ..pipelines.class_conditional import ClassConditionalPipeline
 
-            names = getattr(self.dataset, "class_names", None)
-            id2label = {str(i): n for i, n in enumerate(names)} if names else None
-            pipe = ClassConditionalPipeline(model, self.noise_scheduler, self.null_class_label, id2label)
-        else:
-            from ..pipelines.ddpm import DDPMPipeline
+        id2label = {str(i): n for i, n in enumerate(class_names)} if class_names else None
+        pipe = ClassConditionalPipeline(model, noise_scheduler, null_class_label, id2label)
+    else:
+        from ..pipelines.ddpm import DDPMPipeline
 
-            pipe = DDPMPipeline(unet=model, scheduler=self.noise_scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        pipe = DDPMPipeline(unet=model, scheduler=noise_scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
-    def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
-        """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with the default sampler of ``torchdiffusion
-        generate`` (stochastic DPM-Solver++; fixed seeds: comparable grids)."""
-        from ..schedulers.samplers import DEFAULT_SAMPLER
-        from .recipes import sampling_scheduler
 
-        pipe = self.pipeline()
-        pipe.scheduler = sampling_scheduler(DEFAULT_SAMPLER, self.noise_scheduler.config)
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
-        num_inference_steps = max(1, min(num_inference_steps, len(self.alphas_cumprod) // 2))
-        options: dict[str, Any] = {
-            "num_inference_steps": num_inference_steps,
-            "generator": generators,
-            "output_type": "pt",
-        }
-        if self.class_conditional:
-            labels = [i % self.num_classes for i in range(num_images)]
-            guidance = self.config.sample_guidance_scale if self.null_class_label is not None else 1.0
-            images = pipe(labels, guidance_scale=guidance, **options).images
-        else:
-            images = pipe(batch_size=num_images, **options).images
-        return images * 2 - 1
+def write_sample_grid(images: torch.Tensor, output_dir: str, step: int, cols: int | None = None) -> None:
+    """Save ``images`` ``(N, C, H, W)`` in [-1, 1] as ``samples/step_<step>.png`` and ``samples.png`` (the latest)."""
+    grid = image_grid(images, cols=cols, scale=max(1, 128 // images.shape[-1]))
+    save_image(grid, os.path.join(output_dir, "samples", f"step_{step:06d}.png"))
+    save_image(grid, os.path.join(output_dir, "samples.png"))
 
-    def _write_samples(self) -> None:
-        n = self.config.num_sample_images
-        if n == 0 or self.config.sample_inference_steps == 0:
-            return
-        images = self.sample_images(n, self.config.sample_inference_steps, seed=self.config.seed)
-        cols = self.num_classes if self.class_conditional and n % self.num_classes == 0 else None
-        scale = max(1, 128 // images.shape[-1])
-        grid = image_grid(images, cols=cols, scale=scale)
-        save_image(grid, os.path.join(self.output_dir, "samples", f"step_{self.step:06d}.png"))
-        save_image(grid, os.path.join(self.output_dir, "samples.png"))
 
-    def _write_log(self, history: list[dict], started: float) -> None:
-        save_image(
-            loss_plot(self.losses, title=f"training loss ({self.step} steps)"),
-            os.path.join(self.output_dir, "loss.png"),
-        )
-        save_json(
-            os.path.join(self.output_dir, "train_log.json"),
-            {"step": self.step, "max_steps": self.config.max_steps, "seconds": round(time.time() - started, 2),
-             "world_size": self.world_size, "config": self.config.to_dict(), "history": history},
-        )  # fmt: skip
+def write_log(
+    output_dir: str,
+    losses: Sequence[float],
+    history: list[dict],
+    started: float,
+    step: int,
+    world_size: int,
+    config: Any,
+) -> None:
+    """Write ``loss.png`` (every step's loss) and ``train_log.json`` (``history``: the logged steps; ``config``:
+    the :class:`TrainingConfig`; ``started``: the run's start, from ``time.time()``). Without matplotlib the plot
+    is skipped with a warning: a run never stops for its picture."""
+    try:
+        save_loss_plot(losses, os.path.join(output_dir, "loss.png"), title=f"training loss ({step} steps)")
+    except ImportError as e:
+        warnings.warn(f"no loss.png: {e}", stacklevel=2)
+    save_json(
+        os.path.join(output_dir, "train_log.json"),
+        {"step": step, "max_steps": config.max_steps, "seconds": round(time.time() - started, 2),
+         "world_size": world_size, "config": config.to_dict(), "history": history},
+    )  # fmt: skip
 
-    def save_pipeline(self, path: str | None = None) -> str:
-        """Write the EMA pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) to ``path`` (default:
-        the output folder itself)."""
-        path = path or self.output_dir
-        self.pipeline().save_pretrained(path)
-        return path
 
-    def push_to_hub(self) -> Any:
-        """Upload the EMA pipeline (``model_index.json``, ``unet/``, ``scheduler/``; not the checkpoints or sample
-        grids) to ``hub_model_id`` (default: the output folder's name), as seed 003's script does."""
-        from ..hub import push_to_hub
-
-        cfg = self.config
-        repo_id = cfg.hub_model_id or os.path.basename(os.path.normpath(self.output_dir))
-        return push_to_hub(
-            self.pipeline(), repo_id, commit_message=f"torchdiffusion train: step {self.step}",
-            private=cfg.hub_private_repo, token=cfg.hub_token,
-        )  # fmt: skip
+def push_pipeline(pipe: Any, output_dir: str, step: int, config: Any) -> Any:
+    """Upload ``pipe`` (``model_index.json``, ``unet/``, ``scheduler/``; not the checkpoints or sample grids) to
+    ``config.hub_model_id`` (default: the output folder's name), private if ``config.hub_private_repo``."""
+    repo_id = config.hub_model_id or os.path.basename(os.path.normpath(output_dir))
+    return pipe.push_to_hub(
+        repo_id, commit_message=f"torchdiffusion train: step {step}", private=config.hub_private_repo,
+        token=config.hub_token,
+    )  # fmt: skip

@@ -1,16 +1,14 @@
 """Ready-made choices for the CLI and the one-object API: a UNet sized for the resolution, the noise scheduler,
-and ``train()`` that wires data + model + Trainer together."""
+and ``train()`` that wires data + model + Trainer together. (The samplers that draw from a trained model are
+named in :mod:`torchdiffusion.schedulers.samplers`.)"""
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
 import torch
 
-from ..configuration import init_keys
-from ..schedulers.samplers import SAMPLERS, check_sampler
 from .config import TrainingConfig
 
 
@@ -31,8 +29,8 @@ def default_unet(
     layers_per_block: int = 2,
     attention_levels: int = 2,
 ):
-    """A :class:`UNet2DModel` like the seeds' (ResNet blocks, self-attention on the ``attention_levels`` lowest
-    resolutions) for ``resolution`` px images with ``channels`` channels."""
+    """A :class:`UNet2DModel` like the tutorials' UNet (ResNet blocks, self-attention on the ``attention_levels``
+    lowest resolutions) for ``resolution`` px images with ``channels`` channels."""
     from ..models.unet_2d import UNet2DModel
 
     widths = tuple(block_out_channels or default_block_channels(resolution))
@@ -58,40 +56,10 @@ def default_unet(
 
 
 def default_noise_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2", **kwargs):
-    """The training noise schedule (the seeds' cosine schedule by default), as a :class:`DDPMScheduler`."""
+    """The training noise schedule (the cosine schedule by default), as a :class:`DDPMScheduler`."""
     from ..schedulers.ddpm import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, **kwargs)
-
-
-def sampling_scheduler(name: str, config: Any) -> Any:
-    """The scheduler of sampler ``name`` (a key of :data:`SAMPLERS`) for a model trained with ``config``, set up by
-    :func:`swap_scheduler`."""
-    import torchdiffusion
-
-    class_name, options = SAMPLERS[check_sampler(name)]
-    return swap_scheduler(getattr(torchdiffusion, class_name), config, **options)
-
-
-def swap_scheduler(scheduler_cls: type, config: Any, **options: Any) -> Any:
-    """``scheduler_cls.from_config(config)`` for sampling a pixel-space model trained with ``config``: drops a
-    DDPM-only ``variance_type`` the target would refuse, keeps the training scheduler's ``timestep_spacing``
-    (an in-memory config marks it defaulted, so the target's own default would apply; a saved folder keeps it,
-    and both must sample alike) and turns on dynamic thresholding where the target has it (DPM-Solver, UniPC,
-    DEIS...), as Diffusers recommends for pixel-space models. On the cosine schedule the last training steps have
-    ``alpha_t`` ~ 1e-4, where an epsilon model's data estimate ``(x - sigma * eps) / alpha`` blows up; without
-    these the first steps saturate many samples. ``options`` (config keys of the target) are applied last."""
-    overrides: dict[str, Any] = {}
-    accepted = init_keys(scheduler_cls)
-    variance = inspect.signature(scheduler_cls.__init__).parameters.get("variance_type")
-    fixed_variance = config.get("variance_type") not in (None, "learned", "learned_range")
-    if fixed_variance and (variance is None or variance.default is None):  # DDPM keeps its fixed_* variance
-        overrides["variance_type"] = None
-    if "timestep_spacing" in config and "timestep_spacing" in accepted:
-        overrides["timestep_spacing"] = config["timestep_spacing"]
-    if "thresholding" in accepted and not config.get("thresholding", False):
-        overrides["thresholding"] = True
-    return scheduler_cls.from_config(config, **{**overrides, **options})
 
 
 def train(
@@ -109,7 +77,7 @@ def train(
 ):
     """Train a default UNet on ``dataset`` (``"digits"``, a folder or a Hub name); ``options`` are
     :class:`TrainingConfig` fields. Returns the :class:`~torchdiffusion.training.trainer.TrainingResult`."""
-    from .data import load_training_dataset
+    from .sources import load_training_dataset
     from .trainer import Trainer
 
     config = TrainingConfig(**options)

@@ -1,9 +1,9 @@
 """Trainer: a diffusion model + noise scheduler + data -> a trained pipeline folder, on one process or many.
 
-Built on ``accelerate`` (imported here only): the same code runs alone, under ``accelerate launch`` and under
-``torchrun`` (DDP: NCCL on CUDA, gloo on CPU). Everything random in a step is drawn from generators seeded by
-``(seed, step)`` for the *global* batch, each process taking its slice, so a run is reproducible, resumable to
-the bit, and gives the same loss on N processes as on one with the same global batch.
+Built on ``accelerate`` (imported when a run starts, in :mod:`.accelerator`): the same code runs alone, under
+``accelerate launch`` and under ``torchrun`` (DDP: NCCL on CUDA, gloo on CPU). Everything random in a step is drawn
+from generators seeded by ``(seed, step)`` for the *global* batch, each process taking its slice, so a run is
+reproducible, resumable to the bit, and gives the same loss on N processes as on one with the same global batch.
 """
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ import contextlib
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..core.schedules import TrainedSchedule
 from . import checkpoint as ckpt
+from . import outputs
+from .accelerator import make_accelerator
 from .config import TrainingConfig, lr_lambda
 from .data import BatchPlan, iterate_batches, mix_seed
 from .ema import EMAModel
 from .losses import diffusion_loss, loss_weights, sample_noise, training_target
-from .outputs import TrainerOutputs
 
 
 @dataclass
@@ -37,29 +38,6 @@ class TrainingResult:
     pipeline_path: str | None
 
 
-def _accelerator(mixed_precision: str):
-    """An ``accelerate.Accelerator``; in a single process an earlier one's global state is reset first.
-
-    Several processes without CUDA (``torchrun`` / ``accelerate launch`` on CPUs) run DDP over gloo.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not distributed and AcceleratorState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        PartialState._reset_state()
-    cpu = distributed and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
 def _model_output(out: Any) -> torch.Tensor:
     """The predicted tensor from a model's output (tensor, tuple, or output object with ``sample``)."""
     if not isinstance(out, torch.Tensor):
@@ -70,7 +48,7 @@ def _model_output(out: Any) -> torch.Tensor:
     return out
 
 
-class Trainer(TrainerOutputs):
+class Trainer:
     """Train ``model`` (e.g. a :class:`UNet2DModel`) to denoise ``dataset`` items under ``noise_scheduler``.
 
     ``dataset``: a :class:`~torchdiffusion.training.data.TrainingDataset` (or any map-style data set whose items
@@ -125,6 +103,7 @@ class Trainer(TrainerOutputs):
             elif table < self.num_classes:
                 raise ValueError(f"num_class_embeds={table} is smaller than the data set's {self.num_classes} classes")
         self.alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod, dtype=torch.float64).cpu()
+        self.noise_levels = TrainedSchedule.from_alphas_cumprod(self.alphas_cumprod)
         self._user_optimizer = optimizer
         self.losses: list[float] = []
         self.step = 0
@@ -132,16 +111,7 @@ class Trainer(TrainerOutputs):
     # ---- set-up -------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        mixed = cfg.mixed_precision
-        if mixed == "fp16" and not torch.cuda.is_available():
-            warnings.warn("mixed_precision='fp16' has no autocast on CPU here; training in bf16 (the fast CPU choice)")
-            mixed = "bf16"
-        if mixed == "bf16" and not torch.cuda.is_available() and not _cpu_has_bf16():
-            warnings.warn(
-                "mixed_precision='bf16' on a CPU without native bf16 (AVX512-BF16/AMX) is emulated and usually much "
-                "slower than fp32; use mixed_precision='no' here"
-            )
-        self.accelerator = acc = _accelerator(mixed)
+        self.accelerator = acc = make_accelerator(cfg.mixed_precision)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         model = self.model.to(acc.device)
         if cfg.channels_last:
@@ -234,6 +204,53 @@ class Trainer(TrainerOutputs):
         np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
         self.losses = list(trainer["losses"])
 
+    # ---- what a run hands out (see :mod:`~torchdiffusion.training.outputs`) ------------------------------------
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (the model itself without EMA), in eval mode."""
+        return outputs.ema_model(self.unwrapped, self.ema)
+
+    def pipeline(self) -> Any:
+        """The pipeline of the EMA model: :class:`DDPMPipeline`, or :class:`ClassConditionalPipeline`."""
+        names = getattr(self.dataset, "class_names", None)
+        return outputs.build_pipeline(
+            self.ema_model(), self.noise_scheduler, self.class_conditional, self.null_class_label, names
+        )
+
+    def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
+        """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with the default sampler of ``torchdiffusion
+        generate`` (stochastic DPM-Solver++; fixed seeds: comparable grids)."""
+        return self._sample_grid(num_images, num_inference_steps, seed)[0]
+
+    def _sample_grid(self, num_images: int, num_inference_steps: int, seed: int) -> tuple[torch.Tensor, int | None]:
+        from ..pipelines.generate import generate_images  # the pipelines load when a grid is drawn
+
+        steps = max(1, min(num_inference_steps, len(self.alphas_cumprod) // 2))
+        return generate_images(
+            self.pipeline(), num_images, steps, seed=seed, guidance_scale=self.config.sample_guidance_scale,
+            num_classes=self.num_classes or None,
+        )  # fmt: skip
+
+    def _write_samples(self) -> None:
+        cfg = self.config
+        if cfg.num_sample_images and cfg.sample_inference_steps:
+            images, cols = self._sample_grid(cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed)
+            outputs.write_sample_grid(images, self.output_dir, self.step, cols)
+
+    def _write_log(self, history: list[dict], started: float) -> None:
+        outputs.write_log(self.output_dir, self.losses, history, started, self.step, self.world_size, self.config)
+
+    def save_pipeline(self, path: str | None = None) -> str:
+        """Write the EMA pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) to ``path`` (default:
+        the output folder itself)."""
+        path = path or self.output_dir
+        self.pipeline().save_pretrained(path)
+        return path
+
+    def push_to_hub(self) -> Any:
+        """Upload the EMA pipeline (not the checkpoints or sample grids) to ``hub_model_id`` (default: the output
+        folder's name)."""
+        return outputs.push_pipeline(self.pipeline(), self.output_dir, self.step, self.config)
+
     # ---- one step -----------------------------------------------------------------------------------------
     def _micro_batch(self, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
         """Loss of this process's part of micro-batch ``micro_step`` (noise etc. drawn for the global batch)."""
@@ -247,9 +264,8 @@ class Trainer(TrainerOutputs):
         drop = torch.rand(total, generator=g) < cfg.class_dropout_prob
         part = slice(self.rank * b, (self.rank + 1) * b)
         noise, timesteps, drop = noise[part].to(device), timesteps[part], drop[part]
-        ab = self.alphas_cumprod[timesteps]
-        alpha_t, sigma_t = ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device)
-        x_t = alpha_t.view(-1, 1, 1, 1) * x0 + sigma_t.view(-1, 1, 1, 1) * noise
+        alpha_t, sigma_t = self.noise_levels.coefficients(timesteps, device)
+        x_t = self.noise_levels.add_noise(x0, noise, timesteps)
         if cfg.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         kwargs = {}
@@ -263,7 +279,7 @@ class Trainer(TrainerOutputs):
         target = training_target(self.prediction_type, x0, noise, alpha_t, sigma_t)
         weights = None
         if cfg.loss_weighting != "none":
-            snr_t = (ab / (1 - ab).clamp(min=1e-20)).float().to(device)
+            snr_t = self.noise_levels.snr(timesteps).to(device)
             weights = loss_weights(snr_t, cfg.loss_weighting, self.prediction_type, cfg.snr_gamma)
         return diffusion_loss(out, target, weights)
 
@@ -314,19 +330,25 @@ class Trainer(TrainerOutputs):
         accum = cfg.gradient_accumulation_steps
         batches = iterate_batches(self.dataset, self.plan, self.step * accum, cfg.dataloader_num_workers)
         images_per_step = cfg.batch_size * accum * self.world_size
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress_bar and self.is_main),
-                   desc="training", unit="step", dynamic_ncols=True)  # fmt: skip
+        show_bar = cfg.progress_bar and self.is_main
+
+        def open_bar():  # opened once the step budget is final, so its total never jumps
+            return tqdm(total=cfg.max_steps, initial=self.step, disable=not show_bar, desc="training", unit="step",
+                        dynamic_ncols=True)  # fmt: skip
+
         history: list[dict] = []
         started = last_time = time.time()
         last_step = self.step
         budget_checked, first_step, probe_time = cfg.time_limit_minutes is None, self.step, 0.0
+        # under a time limit the first steps measure the speed (no bar yet), then max_steps is fitted to the time
+        bar = open_bar() if budget_checked else tqdm(disable=True)
         while self.step < cfg.max_steps:
             if not budget_checked and self.step - first_step == 2:
                 probe_time = time.time()  # the first steps are slower (allocation): measure from the third on
             elif not budget_checked and self.step - first_step == 12:
                 self._fit_time_limit(time.time() - probe_time, 10, started)
                 budget_checked = True
-                bar.total = cfg.max_steps
+                bar = open_bar()
             loss = self._optimizer_step(batches)
             self.losses.append(loss)
             bar.update(1)

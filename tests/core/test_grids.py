@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchdiffusion.core.spacing import (
+from torchdiffusion.core.grids import (
     beta_sigmas,
     check_custom_sigmas,
     check_custom_timesteps,
@@ -83,3 +83,9 @@ def test_sigma_to_t_inverts_the_table():
     t = sigma_to_t(np.exp(log_sigmas[[3, 17]]), log_sigmas)
     assert t.tolist() == pytest.approx([3, 17])
     assert sigma_to_t(np.array([100.0, 1e-5]), log_sigmas).tolist() == pytest.approx([49, 0])
+
+
+def test_custom_sigmas_may_repeat_a_level():
+    """The one rule (module docstring): non-increasing, so the repeated levels of Diffusers' own grids pass."""
+    assert check_custom_sigmas([14.6, 3.0, 3.0, 0.03, 0.03]).tolist() == [14.6, 3.0, 3.0, 0.03, 0.03]
+    assert check_custom_sigmas(torch.tensor([1.0, 0.0])).dtype == np.float64

@@ -1,4 +1,4 @@
-"""The exponential-integrator coefficients of core.multistep against closed forms and exact integrals."""
+"""The exponential-integrator coefficients of core.exponential_integrators against closed forms and exact integrals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchdiffusion.core import multistep as M
+from torchdiffusion.core import exponential_integrators as M
 
 
 def level(sigma_ve: float) -> M.Level:

@@ -1,0 +1,54 @@
+"""Images for a grid from a trained pixel-space pipeline (:class:`DDPMPipeline` or
+:class:`ClassConditionalPipeline`): one seeded generator per image, class labels that cycle through the classes
+(or one chosen class), classifier-free guidance where the model was trained for it. ``torchdiffusion generate``
+and the Trainer's sample grids both draw their images here, so the two agree image for image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..schedulers.samplers import DEFAULT_SAMPLER, sampling_scheduler
+from .class_conditional import ClassConditionalPipeline
+
+
+def generate_images(
+    pipe: Any,
+    num_images: int,
+    num_inference_steps: int,
+    *,
+    sampler: str = DEFAULT_SAMPLER,
+    seed: int = 0,
+    class_label: str | int | None = None,
+    guidance_scale: float = 1.0,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, int | None]:
+    """Sample ``num_images`` images with the named ``sampler`` (a key of
+    :data:`~torchdiffusion.schedulers.samplers.SAMPLERS`; it replaces ``pipe.scheduler``).
+
+    Image ``i`` is drawn with a generator seeded ``seed + i``. A class-conditional pipeline draws class
+    ``i % num_classes`` (default: the pipeline's ``num_classes``) for image ``i``, or ``class_label`` (an index or
+    a name) for all; ``guidance_scale`` applies when the model was trained with label dropout, else 1.
+    Returns the images ``(num_images, C, H, W)`` in [-1, 1] and the grid's column count (one column per class
+    when the classes cycle evenly, else None).
+    """
+    pipe.scheduler = sampling_scheduler(sampler, pipe.scheduler.config)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+    options: dict[str, Any] = {"num_inference_steps": num_inference_steps, "generator": generators, "output_type": "pt"}
+    cols = None
+    if isinstance(pipe, ClassConditionalPipeline):
+        if class_label is None:
+            n = num_classes or pipe.num_classes or 1
+            labels: list = [i % n for i in range(num_images)]
+            cols = n if num_images % n == 0 else None
+        else:
+            label = int(class_label) if str(class_label).isdigit() else str(class_label)
+            labels = [label] * num_images
+        guidance = guidance_scale if pipe.config.get("null_class_label") is not None else 1.0
+        images = pipe(labels, guidance_scale=guidance, **options).images
+    else:
+        if class_label is not None:
+            raise ValueError(f"class_label={class_label!r}: {type(pipe).__name__} is not class-conditional")
+        images = pipe(batch_size=num_images, **options).images
+    return images * 2 - 1, cols
