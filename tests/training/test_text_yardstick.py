@@ -136,6 +136,50 @@ def test_prompt_sets_score_on_real_images(yardstick):
     assert isinstance(prompts[0], Prompt) and np.isfinite(s["frechet_distance"])
 
 
+def test_evaluate_runs_a_model_on_the_prompt_sets(yardstick):
+    calls = []
+
+    def faithful(prompts, seed):  # a "model" that draws exactly what it is asked
+        calls.append((len(prompts), seed))
+        return yardstick.reference(yardstick.expected(prompts, len(prompts)), len(prompts), seed) * 0.5 + 0.5
+
+    result = yardstick.evaluate(faithful, num_per_set=40, batch_size=16, seed=3)
+    assert calls == [(16, 3), (16, 19), (8, 35)] * 2
+    assert result["in_distribution"]["prompt_accuracy"] >= 0.95 and result["held_out"]["held_out_accuracy"] >= 0.95
+    colour_blind = yardstick.evaluate(lambda p, s: faithful(p, s)[:, [2, 0, 1]], num_per_set=40)
+    assert colour_blind["held_out"]["held_out_accuracy"] < 0.2
+    with pytest.raises(TypeError, match="generate"):
+        yardstick.evaluate("pipe")
+    with pytest.raises(ValueError, match="batch_size"):
+        yardstick.evaluate(faithful, batch_size=0)
+    with pytest.raises(ValueError, match="generate must return"):
+        yardstick.evaluate(lambda p, s: torch.zeros(1, 3, 32, 32), num_per_set=4)
+
+
+def test_smoke_on_a_tiny_text_to_image_pipeline_with_the_digits_tokenizer(yardstick, tmp_path):
+    """A handful of generated images (a random tiny SD pipeline, its tokenizer from write_digits_tokenizer)."""
+    transformers = pytest.importorskip("transformers")
+    import torchdiffusion as td
+    from tests.sd_fixtures import tiny_sd_components, tiny_text_encoder
+    from torchdiffusion.pretrained.tokenizer import write_digits_tokenizer
+
+    parts = tiny_sd_components(td, tmp_path / "unused")
+    write_digits_tokenizer(tmp_path / "tokenizer")
+    parts["tokenizer"] = transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
+    parts["text_encoder"] = tiny_text_encoder(parts["tokenizer"], max_position_embeddings=16)
+    pipe = td.StableDiffusionPipeline(**parts, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(prompts, seed):
+        g = torch.Generator().manual_seed(seed)
+        return pipe(prompts, num_inference_steps=2, generator=g, output_type="pt").images
+
+    result = yardstick.evaluate(generate, num_per_set=4, batch_size=4)
+    for scores in result.values():
+        assert scores["num_images"] == 4 and 0 <= scores["digit_accuracy"] <= 1
+        assert np.isfinite(scores["frechet_distance"]) and scores["frechet_distance"] > 0
+
+
 @pytest.mark.slow
 def test_reads_unseen_handwriting():
     """With 300 glyphs kept out of its training, the digit CNN still reads them (measured 0.984)."""

@@ -18,6 +18,7 @@ foreground colour and the background colour its prompt asks for, and how far is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from .captioned_digits import (
     draw_specs,
     parse_caption,
     render,
+    yardstick_prompts,
 )
 from .data import mix_seed
 from .metrics import frechet_distance
@@ -303,3 +305,36 @@ class TextToImageYardstick:
             "frechet_distance": fd,
             "num_images": len(images),
         }
+
+    def evaluate(
+        self,
+        generate: Callable[[list[str], int], torch.Tensor],
+        num_per_set: int = 64,
+        batch_size: int = 16,
+        seed: int = 0,
+        value_range: tuple[float, float] = (0.0, 1.0),
+    ) -> dict[str, dict[str, float]]:
+        """Score a model on the yardstick's prompt sets (:func:`~.captioned_digits.yardstick_prompts`):
+        ``{"in_distribution": score(...), "held_out": score(...)}``.
+
+        ``generate(prompts, seed)`` returns ``(len(prompts), 3, H, W)`` images in ``value_range``, e.g.
+        ``lambda p, s: pipe(p, generator=torch.Generator().manual_seed(s), output_type="pt").images``; it is
+        called with ``batch_size`` prompts at a time and the seed ``seed + index of the batch's first prompt``.
+        """
+        if not callable(generate):
+            raise TypeError(f"generate must be a callable (prompts, seed) -> images, got {type(generate).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = {}
+        for name, prompts in yardstick_prompts(num_per_set, seed).items():
+            texts = [p.text for p in prompts]
+            images = []
+            for start in range(0, len(texts), batch_size):
+                batch = texts[start : start + batch_size]
+                made = generate(batch, seed + start)
+                if not isinstance(made, torch.Tensor) or made.ndim != 4 or len(made) != len(batch):
+                    got = getattr(made, "shape", type(made).__name__)
+                    raise ValueError(f"generate must return a ({len(batch)}, 3, H, W) tensor, got {got}")
+                images.append(made)
+            out[name] = self.score(torch.cat(images), prompts, value_range)
+        return out
