@@ -7,9 +7,11 @@ foreground colour and the background colour its prompt asks for, and how far is 
   this reads both colours right 100 % of the time (99.7 % under pixel noise of sigma 0.5, 99.9 % under a 5x5
   blur); a small CNN trained for it (20 s) got 99.8 % clean, 99.7 % noisy, 99.4 % under a 3x3 blur.
 - **Digit**: the image becomes a foreground-vs-background mask (each pixel's position between the two measured
-  colours), then the digits CNN of :mod:`.metrics` reads the mask at 16 px. The CNN trains deterministically in
-  a few seconds on masks of rendered coloured digits (any colour pair, light pixel noise), from all but 300
-  glyphs; ``test_accuracy`` is its accuracy on those 300 unseen glyphs.
+  colours), the digit is cut out and framed at 16 px (:func:`frame_digit`: position and size no longer matter),
+  and a CNN like the one of :class:`~.metrics.DigitsYardstick` (twice as wide) reads it. The CNN trains
+  deterministically in about 12 s of one CPU thread on 36,000 fresh renders of every glyph in any colour pair
+  (with light noise and blur). Real data: 99.65 % on 2,000 held-out-split images, 99.95 % on 2,000 training-
+  split images; trained without 300 glyphs, it reads those unseen glyphs 98.6 % right.
 - **Fréchet distance** between the generated set and real images of the same prompts (rendered afresh, the
   unnamed colours drawn as in training), on the CNN's 64-d mask features joined with the two measured colours
   (scaled so that colour and shape weigh about equally).
