@@ -1,6 +1,6 @@
 """DDPMPipeline end to end on CPU, ours vs Diffusers on the same weights (fp32, default settings).
 
-The seeds' 4-level butterflies UNet at 32 px, batch 16; runs are interleaved and the median ratio printed.
+The tutorials' 4-level butterflies UNet at 32 px, batch 16; runs are interleaved and the median ratio printed.
 
     python benchmarks/ddpm_pipeline.py [--steps 20] [--repeats 3]
 """
@@ -12,6 +12,7 @@ import time
 import diffusers
 import numpy as np
 import torch
+from bench_check import check_max_diff, exit_if_failed
 
 import torchdiffusion as td
 
@@ -53,7 +54,8 @@ def main() -> None:
     diff = float(np.abs(img_p - img_o).max())
     o, p = statistics.median(times["ours"]), statistics.median(times["peer"])
     print(f"DDPMPipeline batch {args.batch}, {args.steps} steps, 32px, fp32, {torch.get_num_threads()} threads")
-    print(f"ours {o:.3f}s  diffusers {p:.3f}s  ours/peer = {o / p:.3f}  (target <= 0.75)  max|diff| = {diff:.2e}")
+    print(f"ours {o:.3f}s  diffusers {p:.3f}s  ours/peer = {o / p:.3f}  (target <= 0.75)")
+    exit_if_failed(check_max_diff(diff, 1e-4))  # [0, 1] pixels; the pipeline parity tolerance of tests/compat
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 
 import diffusers
 import torch
+from bench_check import check_max_diff, exit_if_failed
 
 import torchdiffusion as td
 
@@ -82,6 +83,7 @@ def main() -> None:
         modes.append((f"{args.dtype} compiled", False, *compiled))
     print(f"SD-shaped UNet forward: channels {args.channels}, latent {args.size}x{args.size}, batch {args.batch}, "
           f"{device}, {torch.get_num_threads()} threads")
+    oks = []
     for label, autocast, peer_model, our_model in modes:
         run(peer_model, autocast), run(our_model, autocast)  # warm-up
         times = {"ours": [], "peer": []}
@@ -95,7 +97,12 @@ def main() -> None:
         o, p = statistics.median(times["ours"]), statistics.median(times["peer"])
         target = "  (target <= 0.75)" if label == "fp32" else ""
         print(f"{label:>14}: ours {o:.3f}s ({1 / o:.2f} UNet calls/s)  diffusers {p:.3f}s  ours/peer = {o / p:.3f}"
-              f"{target}  max|diff| = {diff:.1e}")
+              f"{target}")  # fmt: skip
+        if label.startswith("fp32"):  # eager or compiled: the model parity tolerance of tests/compat
+            oks.append(check_max_diff(diff, 1e-4, f"{label:>14}: max |ours - diffusers|"))
+        else:  # fp16 / bf16: no bound is claimed for reduced precision
+            print(f"{label:>14}: max |ours - diffusers| = {diff:.1e}  (reduced precision: not checked)")
+    exit_if_failed(*oks)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Sample quality at equal CPU time on the digits yardstick: torchdiffusion's `train` command vs the seeds' loop on
+"""Sample quality at equal CPU time on the digits yardstick: torchdiffusion's `train` command vs the tutorials' loop on
 Diffusers.
 
 1. ours: ``torchdiffusion train --dataset digits --resolution 16 --steps 1500 --output-dir DIR --seed 0`` (timed);
-2. peer: the seeds' loop (Diffusers UNet2DModel of seed 002's size, DDPMScheduler squaredcos_cap_v2, AdamW 4e-4,
+2. peer: the tutorials' loop (Diffusers UNet2DModel of the MNIST tutorial's size,
+   DDPMScheduler squaredcos_cap_v2, AdamW 4e-4,
    MSE on the noise, batch 64, no EMA) run for the same wall time;
 3. both sample 256 images with 50 DPM-Solver++ steps (each with its own library) and are scored by
    :class:`~torchdiffusion.training.metrics.DigitsYardstick`: confidence, class coverage, Fréchet distance in the
@@ -67,7 +68,7 @@ def sample_ours(out: str, n: int) -> torch.Tensor:
 
 
 def run_peer(seconds: float, seed: int, batch_size: int = 64):
-    """The seeds' loop for ``seconds`` of wall time; returns the model, the scheduler and the steps done."""
+    """The tutorials' loop for ``seconds`` of wall time; returns the model, the scheduler and the steps done."""
     import diffusers
 
     from torchdiffusion.training.data import DigitsDataset
@@ -145,7 +146,7 @@ def main() -> None:
     print(f"  {'':30s} {'confidence':>10s} {'coverage':>9s} {'Frechet':>8s}")
     rows = [
         (f"torchdiffusion train ({args.steps} steps)", ours),
-        (f"diffusers seeds' loop ({peer_steps} steps)", peer),
+        (f"diffusers tutorials' loop ({peer_steps} steps)", peer),
         ("real digits (reference)", real),
     ]
     for name, s in rows:

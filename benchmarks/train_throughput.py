@@ -1,9 +1,18 @@
-"""Training throughput (images/s) on this machine: torchdiffusion's Trainer step vs the seeds' plain loop on Diffusers,
-with the seeds' 4-level UNet2DModel (64, 128, 128, 256; attention on the two lowest levels) at 32 px, batch 16.
+"""Training throughput (images/s) on this machine: torchdiffusion's Trainer step vs the tutorials' plain loop on
+Diffusers, with the tutorials' 4-level UNet2DModel (64, 128, 128, 256; attention on the two lowest levels) at 32 px,
+batch 16.
 
-Ours is the real training step (data, noise, forward, backward, grad clipping, fused AdamW, EMA) with channels-last
-and the chosen mixed precision; the peer is the seeds' loop (DataLoader, add_noise, forward, MSE, backward, AdamW).
-Rounds alternate between the two so load changes hit both; the median step time of each is compared.
+Four sides, each timed over the same work per step: fetch the batch, draw noise and timesteps, forward, MSE,
+backward, then whatever the side's settings add (gradient clipping, the optimizer step, EMA):
+
+* ``diffusers, its defaults``: the tutorials' loop (DataLoader, add_noise, forward, MSE, backward, plain AdamW);
+* ``ours, its defaults``: the Trainer step (channels-last, clipping at 1.0, fused AdamW, EMA, lr schedule);
+* ``diffusers, our settings``: the tutorials' loop given the same settings (channels-last model and inputs, clipping at
+  1.0, fused AdamW, Diffusers' own EMAModel with the same decay schedule);
+* ``ours, Diffusers' settings``: the Trainer with channels-last, clipping and EMA off and a plain AdamW.
+
+Printed: the defaults-vs-defaults ratio (what a user of each gets) and the two same-settings ratios (the library
+itself). Rounds alternate between the sides so load changes hit all alike; median step times are compared.
 
     python benchmarks/train_throughput.py                       # fp32 (the fast choice on CPUs without bf16 units)
     python benchmarks/train_throughput.py --mixed-precision bf16 --rounds 5 --steps 6
@@ -27,11 +36,14 @@ SEED_UNET = {
     "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
     "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
 }
+LR = 4e-4
 
 
-def peer_steps(batch_size: int):
-    """The seeds' loop on Diffusers, as a generator of step times."""
+def peer_steps(batch_size: int, ours_settings: bool):
+    """The tutorials' loop on Diffusers (with our Trainer's default settings if ``ours_settings``), as a generator of
+    step times; the timer covers fetching the batch too."""
     import diffusers
+    from diffusers.training_utils import EMAModel
 
     from torchdiffusion.training.data import DigitsDataset
 
@@ -40,38 +52,61 @@ def peer_steps(batch_size: int):
     torch.manual_seed(0)
     model = diffusers.UNet2DModel(**SEED_UNET)
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
+    ema = None
+    if ours_settings:
+        model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), fused=True)
+        ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     while True:
-        for clean_images in loader:
+        batches = iter(loader)
+        while True:
             start = time.perf_counter()
+            clean_images = next(batches, None)
+            if clean_images is None:
+                break
             noise = torch.randn(clean_images.shape)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean_images.shape[0],)).long()
             noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
+            if ours_settings:
+                noisy_images = noisy_images.contiguous(memory_format=torch.channels_last)
             noise_pred = model(noisy_images, timesteps, return_dict=False)[0]
             loss = F.mse_loss(noise_pred, noise)
             loss.backward()
+            if ours_settings:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
+            if ema is not None:
+                ema.step(model.parameters())
             yield time.perf_counter() - start
 
 
-def our_steps(batch_size: int, mixed_precision: str, tmp: str):
-    """torchdiffusion's Trainer step, as a generator of step times."""
+def our_steps(batch_size: int, mixed_precision: str, tmp: str, peer_settings: bool):
+    """torchdiffusion's Trainer step (with Diffusers' plain settings if ``peer_settings``), as a generator of step
+    times; the step fetches its batch itself."""
     from torchdiffusion import UNet2DModel
     from torchdiffusion.training import Trainer
     from torchdiffusion.training.data import DigitsDataset, iterate_batches
     from torchdiffusion.training.recipes import default_noise_scheduler
 
     torch.manual_seed(0)
+    model = UNet2DModel(**SEED_UNET)
+    options = {}
+    if peer_settings:
+        options = dict(channels_last=False, use_ema=False, max_grad_norm=None)
+        options["optimizer"] = torch.optim.AdamW(model.parameters(), lr=LR)
     trainer = Trainer(
-        UNet2DModel(**SEED_UNET),
+        model,
         default_noise_scheduler(),
         DigitsDataset(32, channels=3),
         output_dir=tmp,
         batch_size=batch_size,
         mixed_precision=mixed_precision,
-        learning_rate=4e-4,
+        learning_rate=LR,
         progress_bar=False,
+        **options,
     )
     trainer._setup()
     batches = iterate_batches(trainer.dataset, trainer.plan, 0)
@@ -95,27 +130,34 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         sides = {
-            "diffusers (seeds' loop)": peer_steps(args.batch_size),
-            "torchdiffusion Trainer": our_steps(args.batch_size, args.mixed_precision, tmp),
+            "diffusers, its defaults": peer_steps(args.batch_size, ours_settings=False),
+            "ours, its defaults": our_steps(args.batch_size, args.mixed_precision, tmp + "/a", peer_settings=False),
+            "diffusers, our settings": peer_steps(args.batch_size, ours_settings=True),
+            "ours, Diffusers' settings": our_steps(args.batch_size, args.mixed_precision, tmp + "/b", True),
         }
         times: dict[str, list[float]] = {name: [] for name in sides}
         for gen in sides.values():  # warm-up: allocation, first-call overheads
             for _ in range(2):
                 next(gen)
-        for _ in range(args.rounds):
-            for name, gen in sides.items():
-                times[name] += [next(gen) for _ in range(args.steps)]
+        names = list(sides)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate which side goes first
+                times[name] += [next(sides[name]) for _ in range(args.steps)]
     print(
-        f"seeds' 4-level UNet, 32 px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"tutorials' 4-level UNet, 32 px, batch {args.batch_size}, {torch.get_num_threads()} threads, "
         f"mixed precision {args.mixed_precision}"
     )
     rates = {}
     for name, ts in times.items():
         rates[name] = args.batch_size / statistics.median(ts)
         print(f"  {name:26s} {rates[name]:7.1f} images/s  (median step {statistics.median(ts) * 1000:.0f} ms)")
-    ours, peer = rates["torchdiffusion Trainer"], rates["diffusers (seeds' loop)"]
-    print(f"  ratio ours/peer: {ours / peer:.2f}x")
-
+    ratios = (
+        ("defaults vs defaults", "ours, its defaults", "diffusers, its defaults"),
+        ("both with our settings", "ours, its defaults", "diffusers, our settings"),
+        ("both with Diffusers' settings", "ours, Diffusers' settings", "diffusers, its defaults"),
+    )
+    for label, ours, peer in ratios:
+        print(f"  ours/peer images/s, {label + ':':31s} {rates[ours] / rates[peer]:.2f}x")
 
 if __name__ == "__main__":
     main()

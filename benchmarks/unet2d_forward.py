@@ -1,6 +1,6 @@
 """UNet2DModel forward on CPU, ours vs Diffusers on the same weights (fp32, default settings, no flags).
 
-The seeds' 4-level butterflies UNet (block_out_channels=(64, 128, 128, 256), Down, Down, AttnDown, AttnDown),
+The tutorials' 4-level butterflies UNet (block_out_channels=(64, 128, 128, 256), Down, Down, AttnDown, AttnDown),
 32 px, batch 16. Both models are built from one seed, our state dict is loaded from theirs (strict), outputs
 are compared (max abs diff), then the two forwards are timed interleaved (warm-up first) and the median
 ratio ours/peer printed (target <= 0.75).
@@ -19,6 +19,7 @@ import time
 
 import diffusers
 import torch
+from bench_check import check_max_diff, exit_if_failed
 
 import torchdiffusion as td
 
@@ -75,7 +76,7 @@ def main() -> None:
           f"diffusers median {p * 1e3:.1f} ms (min {min(times['peer']) * 1e3:.1f})")  # fmt: skip
     print(f"ours/peer: ratio of medians {o / p:.3f}, median of pair ratios {statistics.median(ratios):.3f}, "
           f"ratio of mins {min(times['ours']) / min(times['peer']):.3f}  (target <= 0.75)")  # fmt: skip
-    print(f"max |ours - diffusers| = {diff:.2e}  ({'OK' if diff <= 1e-4 else 'FAIL'} at 1e-4)")
+    exit_if_failed(check_max_diff(diff, 1e-4))  # the model parity tolerance of tests/compat
 
 
 if __name__ == "__main__":

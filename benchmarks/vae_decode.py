@@ -12,6 +12,7 @@ import time
 
 import diffusers
 import torch
+from bench_check import check_max_diff, exit_if_failed
 
 import torchdiffusion as td
 
@@ -54,7 +55,8 @@ def main() -> None:
     o, p = statistics.median(times["ours"]), statistics.median(times["peer"])
     print(f"AutoencoderKL.decode, latent {args.size}x{args.size} ({8 * args.size} px), batch {args.batch}, fp32, "
           f"{torch.get_num_threads()} threads, {args.repeats} interleaved pairs")  # fmt: skip
-    print(f"ours {o:.2f}s  diffusers {p:.2f}s  ours/peer = {o / p:.3f}  max|diff| = {diff:.1e}")
+    print(f"ours {o:.2f}s  diffusers {p:.2f}s  ours/peer = {o / p:.3f}")
+    exit_if_failed(check_max_diff(diff, 1e-4))  # the model parity tolerance of tests/compat
 
 
 if __name__ == "__main__":

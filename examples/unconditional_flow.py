@@ -1,4 +1,4 @@
-"""The seeds' unconditional flow, with torchdiffusion in place of diffusers (only the import changes).
+"""The tutorials' unconditional flow, with torchdiffusion in place of diffusers (only the import changes).
 
 1. a hand-written training loop: UNet2DModel + DDPMScheduler.add_noise + MSE on the predicted noise;
 2. wrap the model in DDPMPipeline and generate;

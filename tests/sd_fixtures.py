@@ -142,10 +142,15 @@ def tiny_sd_components(lib: ModuleType, tokenizer_dir: str | os.PathLike, seed: 
 
 
 def save_tiny_sd(folder: str | os.PathLike, seed: int = 0, inpaint: bool = False) -> str:
-    """Build a tiny SD (or 9-channel inpainting) pipeline with the real diffusers and ``save_pretrained`` it."""
+    """Build a tiny SD (or 9-channel inpainting) pipeline with the real diffusers, every parameter perturbed
+    (``tests.helpers.perturb_``), and ``save_pretrained`` it."""
     import diffusers
 
+    from tests.helpers import perturb_
+
     parts = tiny_sd_components(diffusers, os.path.join(os.fspath(folder) + "_tok"), seed, 9 if inpaint else 4)
+    for i, name in enumerate(("unet", "vae", "text_encoder")):  # no default-init norms (1) or biases (0) left
+        perturb_(parts[name], seed=seed + 10 + i)
     cls = diffusers.StableDiffusionInpaintPipeline if inpaint else diffusers.StableDiffusionPipeline
     pipe = cls(**parts, requires_safety_checker=False)
     pipe.save_pretrained(folder)

@@ -380,3 +380,18 @@ def test_original_config_matches_diffusers(four_head_ckpt, tmp_path):
             norm = lambda v: list(v) if isinstance(v, tuple) else v
             assert norm(value) == norm(expected), key
         _same_model(ours, ref)
+
+
+def test_malicious_ckpt_is_refused_and_its_code_never_runs(parts, ckpt_path, tmp_path):
+    from tests.helpers import write_malicious_pickle
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    write_malicious_pickle(evil, marker, load_checkpoint(ckpt_path))
+    with pytest.raises(OSError, match="weights_only"):
+        td.UNet2DConditionModel.from_single_file(evil)
+    with pytest.raises(OSError, match="weights_only"):
+        td.StableDiffusionPipeline.from_single_file(evil, tokenizer=parts["tokenizer"])
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the control: a plain unpickler does run the payload
+    assert marker.read_text() == "code ran"

@@ -166,3 +166,19 @@ def test_save_function_writes_bin_files(tmp_path):
     assert seen == ["diffusion_pytorch_model.bin"]
     with pytest.raises(TypeError, match="save_function"):
         m.save_pretrained(tmp_path / "x", save_function="torch.save")
+
+
+def test_malicious_bin_weights_are_refused_and_their_code_never_runs(tmp_path):
+    from tests.helpers import write_malicious_pickle
+
+    m = TinyModel(width=4)
+    m.save_pretrained(tmp_path / "model", safe_serialization=False)
+    weights = tmp_path / "model" / "diffusion_pytorch_model.bin"
+    assert weights.is_file()
+    marker = tmp_path / "pwned"
+    write_malicious_pickle(weights, marker, m.state_dict())
+    with pytest.raises(OSError, match="weights_only"):
+        TinyModel.from_pretrained(tmp_path / "model")
+    assert not marker.exists()
+    torch.load(weights, weights_only=False)  # the control: a plain unpickler does run the payload
+    assert marker.exists()

@@ -20,6 +20,7 @@ _LAZY: dict[str, str] = {
     "ModelMixin": "models.modeling",
     "BaseOutput": "utils.outputs",
     "make_image_grid": "utils.images",
+    "VaeImageProcessor": "image_processor",
     "randn_tensor": "utils.torch_utils",
     # models
     "AutoencoderKL": "models.autoencoder_kl",

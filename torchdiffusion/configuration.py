@@ -127,13 +127,25 @@ class ConfigMixin:
 
     # ---- JSON ------------------------------------------------------------------------------------------
     def to_json_dict(self) -> dict[str, Any]:
-        """The config as written to disk: ``_class_name``, ``_diffusers_version`` and every key."""
+        """The config as written to disk: ``_class_name``, ``_diffusers_version`` and every key.
+
+        As in Diffusers, writing the config (``save_config``, ``save_pretrained``, ``repr``) also records
+        ``_class_name`` and ``_diffusers_version`` in the in-memory config (a new object has neither), so the config
+        of a saved object equals the config loaded back (less ``_use_default_values`` / ``_name_or_path``).
+        """
+        self._record_identity()
         out: dict[str, Any] = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_FORMAT_VERSION}
         for key, value in self.config.items():
             if key in _TRANSIENT_KEYS or key in ("_class_name", "_diffusers_version"):
                 continue
             out[key] = _json_value(value)
         return out
+
+    def _record_identity(self) -> None:
+        config = self.__dict__.get("_internal_dict")
+        if config is not None:  # in place: a reference to the config taken earlier sees the keys too
+            OrderedDict.__setitem__(config, "_class_name", type(self).__name__)
+            OrderedDict.__setitem__(config, "_diffusers_version", DIFFUSERS_FORMAT_VERSION)
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n"

@@ -38,6 +38,29 @@ def check_subfolder(subfolder: Any, what: str = "subfolder") -> str | None:
     return subfolder.replace("\\", "/")
 
 
+def _hub_cache_blobs(folder: str) -> str | None:
+    """The ``blobs`` folder of the Hub cache repo whose snapshot holds ``folder`` (a real path), else None."""
+    head = folder
+    while True:
+        parent = os.path.dirname(head)
+        if parent == head:
+            return None
+        repo = os.path.dirname(parent)
+        if os.path.basename(parent) == "snapshots" and os.path.basename(repo).startswith("models--"):
+            return os.path.join(repo, "blobs")
+        head = parent
+
+
+def check_inside(path: str, folder: str) -> None:
+    """``ValueError`` naming ``path`` when it resolves (through links) to a file outside ``folder``; links of a
+    Hub cache snapshot into its repo's ``blobs`` folder are allowed."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    for allowed in (root, _hub_cache_blobs(root)):
+        if allowed is not None and os.path.commonpath([real, allowed]) == allowed:
+            return
+    raise ValueError(f"{path} is a link to {real}, outside the model folder {folder}: refusing to read it")
+
+
 def _offline(local_files_only: bool | None) -> bool:
     if local_files_only:
         return True
@@ -90,7 +113,10 @@ def try_resolve_file(
     local = os.fspath(path_or_id)
     if os.path.isdir(local):
         path = os.path.join(local, subfolder, filename) if subfolder else os.path.join(local, filename)
-        return path if os.path.isfile(path) else None
+        if not os.path.isfile(path):
+            return None
+        check_inside(path, local)
+        return path
     if os.path.exists(local) or local.startswith((".", "/", "~")) or local.count("/") > 1:
         raise FileNotFoundError(f"pretrained_model_name_or_path={local!r} is neither a folder nor a Hub repo id")
 

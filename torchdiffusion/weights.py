@@ -155,9 +155,35 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 # ---- the loader ModelMixin.from_pretrained uses ------------------------------------------------------------
 
+def _one_dtype(value: Any, name: str) -> torch.dtype | None:
+    """A torch.dtype, or None for None and "auto" (transformers' "as stored"; Diffusers loads it as float32, as
+    we do). Anything else would be silently replaced by float32 in Diffusers: a ``TypeError`` here."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value == "auto":
+        return None
+    raise TypeError(f"{name} must be a torch.dtype such as torch.float16 (or None / 'auto'), got {value!r}")
+
+
+def resolve_dtype(dtype: Any = None, torch_dtype: Any = None, allow_dict: bool = False) -> Any:
+    """The dtype asked for with ``dtype=`` (Diffusers' current name) or ``torch_dtype=`` (its older alias): a
+    ``torch.dtype`` or None, or with ``allow_dict`` a ``{component: dtype}`` dict (``"default"`` for the rest).
+    Passing both with different values is a ``ValueError``."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"pass dtype or torch_dtype (one name for one thing), not both: {dtype} vs {torch_dtype}")
+    name = "dtype" if dtype is not None else "torch_dtype"
+    value = dtype if dtype is not None else torch_dtype
+    if isinstance(value, dict):
+        if not allow_dict:
+            raise TypeError(f"{name} must be one torch.dtype here (a dict is for pipelines), got {value!r}")
+        return {k: _one_dtype(v, f"{name}[{k!r}]") for k, v in value.items()}
+    return _one_dtype(value, name)
+
+
 _LOAD_OPTIONS = {
     "subfolder",
     "variant",
+    "dtype",
     "torch_dtype",
     "use_safetensors",
     "low_cpu_mem_usage",
@@ -170,8 +196,8 @@ _LOAD_OPTIONS = {
 def load_model(cls: type, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
     """Build ``cls`` from ``config.json`` and load its weights (see the module docstring for file names).
 
-    Keyword arguments: ``subfolder``, ``variant``, ``torch_dtype``, ``use_safetensors``, hub options
-    (``revision``, ``local_files_only``, ``cache_dir``, ``token``, ``force_download``, ``proxies``),
+    Keyword arguments: ``subfolder``, ``variant``, ``dtype`` (or its alias ``torch_dtype``), ``use_safetensors``,
+    hub options (``revision``, ``local_files_only``, ``cache_dir``, ``token``, ``force_download``, ``proxies``),
     ``ignore_mismatched_sizes``, ``device_map`` (``None``, ``"cpu"`` or a device), and config overrides
     (any constructor argument). The model is returned in eval mode; nothing is kept if loading fails.
     """
@@ -182,9 +208,7 @@ def load_model(cls: type, pretrained_model_name_or_path: str | os.PathLike, **kw
     unknown = [k for k in kwargs if k not in init_names]
     if unknown:
         raise TypeError(f"{cls.__name__}.from_pretrained got unexpected keyword argument(s): {', '.join(unknown)}")
-    torch_dtype = opts.get("torch_dtype")
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
+    torch_dtype = resolve_dtype(opts.get("dtype"), opts.get("torch_dtype"))
     subfolder = opts.get("subfolder")
 
     config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)

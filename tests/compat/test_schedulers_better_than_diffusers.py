@@ -1,6 +1,7 @@
 """Where Diffusers 0.42.1 breaks, ours gives a finite, sensible sample or a clear ValueError.
 
-Each test first checks that Diffusers still breaks (and skips if a newer release fixed it), then checks ours.
+Each test first checks that Diffusers still breaks in the pinned way (a test FAILS, not skips, if Diffusers
+stops breaking there: the claim would then be stale), then checks ours.
 "Sensible" is measured on data whose answer is known: ``x0 ~ N(0, 0.5^2)``, for which the exact noise prediction is
 linear in the sample and a good sampler returns samples with standard deviation 0.5.
 """
@@ -53,6 +54,12 @@ def diffusers_breaks(fn) -> str:
     return "" if torch.isfinite(out).all() else "NaN"
 
 
+def assert_diffusers_breaks(fn, expected: str) -> None:
+    """Diffusers 0.42.1 (pinned in pyproject) breaks exactly as ``expected`` (an exception type name, or "NaN")."""
+    got = diffusers_breaks(fn)
+    assert got == expected, f"Diffusers was pinned to break with {expected}, got {got or 'no break'}: claim is stale"
+
+
 def assert_sensible(x: torch.Tensor, tol: float = 0.1) -> None:
     assert torch.isfinite(x).all()
     assert abs(x.std().item() - 0.5) < tol and abs(x.mean().item()) < tol
@@ -64,9 +71,8 @@ def assert_sensible(x: torch.Tensor, tol: float = 0.1) -> None:
                                   "DPMSolverSinglestepScheduler", "DEISMultistepScheduler"])  # fmt: skip
 def test_karras_sigmas_on_cosine_schedule(name, steps):
     cfg = dict(beta_schedule="squaredcos_cap_v2", use_karras_sigmas=True)
-    broke = diffusers_breaks(lambda: run(getattr(diffusers, name)(**cfg), steps, batch=4))
-    if not broke and name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
-        pytest.skip("Diffusers no longer breaks here")
+    expected = "AssertionError" if name == "UniPCMultistepScheduler" else "IndexError"
+    assert_diffusers_breaks(lambda: run(getattr(diffusers, name)(**cfg), steps, batch=4), expected)
     # finite and of the data's scale (10 Karras steps over the cosine range 0.006..2e4 are a coarse grid)
     assert_sensible(run(getattr(td, name)(**cfg), steps), tol=0.1 if steps > 10 else 0.25)
 
@@ -74,8 +80,7 @@ def test_karras_sigmas_on_cosine_schedule(name, steps):
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2", "scaled_linear"])
 def test_unipc_bh1_is_finite(beta_schedule):
     cfg = dict(beta_schedule=beta_schedule, solver_type="bh1")
-    if diffusers_breaks(lambda: run(diffusers.UniPCMultistepScheduler(**cfg), 10, batch=4)) != "NaN":
-        pytest.skip("Diffusers no longer returns NaN here")
+    assert_diffusers_breaks(lambda: run(diffusers.UniPCMultistepScheduler(**cfg), 10, batch=4), "NaN")
     ours = run(td.UniPCMultistepScheduler(**cfg), 10)
     assert_sensible(ours)
     bh2 = run(td.UniPCMultistepScheduler(beta_schedule=beta_schedule), 10)
@@ -85,12 +90,15 @@ def test_unipc_bh1_is_finite(beta_schedule):
 @pytest.mark.parametrize("name", MULTISTEP + ["EDMDPMSolverMultistepScheduler", "DDIMScheduler", "DDPMScheduler"])
 @pytest.mark.parametrize("bad", [0, -1])
 def test_set_timesteps_zero_or_negative(name, bad):
+    """Diffusers accepts the count (an empty grid: the loop returns its input unchanged) or fails deep inside
+    (ZeroDivisionError, TypeError, RuntimeError); none of its messages names the argument. Ours: a ValueError that
+    does."""
     try:
         getattr(diffusers, name)().set_timesteps(bad)
-        diffusers_says = "nothing (an empty grid: the loop returns its input unchanged)"
+        diffusers_says = ""
     except Exception as e:  # noqa: BLE001
-        diffusers_says = type(e).__name__
-    assert "ValueError" not in diffusers_says or "num_inference_steps" not in diffusers_says
+        diffusers_says = f"{type(e).__name__}: {e}"
+    assert not (diffusers_says.startswith("ValueError") and "num_inference_steps" in diffusers_says), diffusers_says
     with pytest.raises(ValueError, match="num_inference_steps"):
         getattr(td, name)().set_timesteps(bad)
 
@@ -99,8 +107,7 @@ def test_set_timesteps_zero_or_negative(name, bad):
 def test_unipc_noise_prediction_to_zero():
     """predict_x0=False with the default final_sigmas_type='zero': Diffusers' last step is 0 * inf = NaN."""
     cfg = dict(**SD, predict_x0=False)
-    if diffusers_breaks(lambda: run(diffusers.UniPCMultistepScheduler(**cfg), 10, batch=4)) != "NaN":
-        pytest.skip("Diffusers no longer returns NaN here")
+    assert_diffusers_breaks(lambda: run(diffusers.UniPCMultistepScheduler(**cfg), 10, batch=4), "NaN")
     ours = run(td.UniPCMultistepScheduler(**cfg), 10)
     assert_sensible(ours)
 
@@ -110,8 +117,8 @@ def test_unipc_third_order_without_lower_order_final(extra):
     """Diffusers solves a singular system at the step to sigma = 0 (LinAlgError), or divides 0 by 0 on a last step
     of length zero (NaN)."""
     cfg = dict(**SD, solver_order=3, lower_order_final=False, **extra)
-    if not diffusers_breaks(lambda: run(diffusers.UniPCMultistepScheduler(**cfg), 10, batch=4)):
-        pytest.skip("Diffusers no longer breaks here")
+    expected = "NaN" if extra else "_LinAlgError"
+    assert_diffusers_breaks(lambda: run(diffusers.UniPCMultistepScheduler(**cfg), 10, batch=4), expected)
     assert_sensible(run(td.UniPCMultistepScheduler(**cfg), 10))
 
 
@@ -123,8 +130,8 @@ def test_third_order_sde_variants_that_diffusers_lacks(name, cfg):
     """Diffusers has no such update (UnboundLocalError / missing noise argument); its noise-prediction algorithms
     also refuse to end at sigma = 0, which ours allow."""
     their_cfg = {**cfg, "final_sigmas_type": "sigma_min"} if name.startswith("DPM") else cfg
-    if not diffusers_breaks(lambda: run(getattr(diffusers, name)(**their_cfg), 10, batch=4)):
-        pytest.skip("Diffusers no longer breaks here")
+    expected = "UnboundLocalError" if name.startswith("DPM") else "AttributeError"
+    assert_diffusers_breaks(lambda: run(getattr(diffusers, name)(**their_cfg), 10, batch=4), expected)
     s = getattr(td, name)(**cfg)
     if name.startswith("EDM"):
         s.set_timesteps(25)
@@ -145,8 +152,7 @@ def test_single_step_third_order_sde_keeps_the_data_scale():
     integral gives ``+ 0.5``): its samples blow up. Ours converges to the data distribution."""
     cfg = dict(**SD, algorithm_type="sde-dpmsolver++", solver_order=3, solver_type="heun")
     theirs = run(diffusers.DPMSolverSinglestepScheduler(**cfg), 30)
-    if abs(theirs.std().item() - 0.5) < 0.2:
-        pytest.skip("Diffusers no longer drifts here")
+    assert torch.isfinite(theirs).all() and abs(theirs.std().item() - 0.5) >= 0.2, "Diffusers no longer drifts"
     assert_sensible(run(td.DPMSolverSinglestepScheduler(**cfg), 30), tol=0.12)
 
 
@@ -186,8 +192,7 @@ def test_add_noise_before_set_timesteps_uses_the_training_schedule():
     want = td.DDPMScheduler(**SD).add_noise(x0, noise, t)
     for name in MULTISTEP:
         theirs = getattr(diffusers, name)(**SD).add_noise(x0, noise, t)
-        if torch.allclose(theirs, want, atol=1e-3):
-            pytest.skip("Diffusers fixed add_noise before set_timesteps")
+        assert not torch.allclose(theirs, want, atol=1e-3), f"Diffusers' {name} fixed add_noise: claim is stale"
         torch.testing.assert_close(getattr(td, name)(**SD).add_noise(x0, noise, t), want, rtol=1e-5, atol=1e-6)
 
 
@@ -196,8 +201,7 @@ def test_single_step_set_timesteps_does_not_rewrite_the_config():
     copy shared with the pipeline's saved config changes behind the user's back). Ours keeps the config."""
     theirs = diffusers.DPMSolverSinglestepScheduler()
     theirs.set_timesteps(7)
-    if theirs.config.lower_order_final is False:
-        pytest.skip("Diffusers no longer rewrites its config")
+    assert theirs.config.lower_order_final is True, "Diffusers no longer rewrites its config: claim is stale"
     ours = td.DPMSolverSinglestepScheduler()
     ours.set_timesteps(7)
     assert ours.config.lower_order_final is False
@@ -217,9 +221,7 @@ def test_learned_variance_with_four_channel_latents():
             ok = y.shape == x.shape
         except Exception:  # noqa: BLE001
             ok = False
-        if lib is diffusers and ok:
-            pytest.skip("Diffusers handles 4-channel learned variance now")
-        assert ok == expect_ok
+        assert ok == expect_ok, f"{lib.__name__}: 4-channel learned variance {'works' if ok else 'fails'}"
 
 
 @pytest.mark.parametrize("name", MULTISTEP)

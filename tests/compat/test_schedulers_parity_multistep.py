@@ -3,10 +3,12 @@ real Diffusers package: over {SD's scaled_linear with steps_offset=1, linear, sq
 x the main options, the timesteps and the final sample of a full loop with a fixed smooth stand-in model equal
 Diffusers' to 1e-4 relative. The SDE variants draw the same noise from the same generator, so they match too.
 
-Where Diffusers breaks (raises, or returns NaN) the case is skipped here and covered in
-``test_schedulers_better_than_diffusers.py``. Where Diffusers' float32 coefficients lose precision (noise-
-prediction updates from the cosine schedule's first noise level, sigma = 2e4) we compare against Diffusers' own
-algorithm run with float64 noise levels instead, and check that ours is the more accurate one.
+Where Diffusers 0.42.1 breaks (raises, or returns NaN) the case is pinned in ``DIFFUSERS_BREAKS``: the test
+checks that Diffusers still breaks in exactly that way (an unexpected break, or an unexpected fix, fails) and that
+ours is finite on the same grid; ``test_schedulers_better_than_diffusers.py`` checks ours is also sensible there.
+Where Diffusers' float32 coefficients lose precision (noise-prediction updates from the cosine schedule's first
+noise level, sigma = 2e4) we compare against Diffusers' own algorithm run with float64 noise levels instead, and
+check that ours is the more accurate one.
 """
 
 from __future__ import annotations
@@ -73,6 +75,32 @@ CASES = [
 ]
 
 
+def _key(name: str, sched: str, steps: int, opt: dict) -> tuple:
+    return name, sched, steps, repr(sorted(opt.items()))
+
+
+# How Diffusers 0.42.1 breaks (exception type name, or "NaN" for a non-finite sample), pinned per case.
+DIFFUSERS_BREAKS = {
+    **{
+        _key(name, "cosine", steps, opt): "IndexError"  # the grid's last sigma index runs past the table
+        for name in ("DPMSolverMultistepScheduler", "DEISMultistepScheduler")
+        for steps in STEPS
+        for opt in (dict(use_karras_sigmas=True), dict(use_exponential_sigmas=True))
+    },
+    **{_key("DPMSolverSinglestepScheduler", "cosine", s, dict(use_karras_sigmas=True)): "IndexError" for s in STEPS},
+    **{
+        _key("UniPCMultistepScheduler", "cosine", steps, opt): "AssertionError"
+        for steps in STEPS
+        for opt in (dict(use_karras_sigmas=True), dict(use_exponential_sigmas=True))
+    },
+    **{  # the third-order corrector at the step to sigma = 0 divides 0 by 0
+        _key("UniPCMultistepScheduler", sched, steps, dict(lower_order_final=False)): "NaN"
+        for sched in SCHEDULES
+        for steps in STEPS
+    },
+}
+
+
 def stand_in_model(x: torch.Tensor, t) -> torch.Tensor:
     """A fixed smooth function of the sample and the timestep."""
     t = float(t)
@@ -107,21 +135,31 @@ def test_full_loop_matches_diffusers(name, sched, steps, opt):
     if name == "DPMSolverSinglestepScheduler":
         cfg.pop("steps_offset", None)  # Diffusers' single-step scheduler has no timestep_spacing/steps_offset
         cfg.pop("timestep_spacing", None)
+    broke = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             their_t, theirs = run(getattr(diffusers, name)(**cfg), steps)
         except Exception as e:  # noqa: BLE001
-            pytest.skip(f"Diffusers raises {type(e).__name__} here (see test_schedulers_better_than_diffusers)")
-    if not torch.isfinite(theirs).all():
-        pytest.skip("Diffusers returns NaN here (see test_schedulers_better_than_diffusers)")
+            broke = type(e).__name__
+        else:
+            broke = "" if torch.isfinite(theirs).all() else "NaN"
+    expected = DIFFUSERS_BREAKS.get(_key(name, sched, steps, opt), "")
+    assert broke == expected, f"Diffusers: expected {expected or 'no break'}, got {broke or 'no break'}"
     our_t, ours = run(getattr(td, name)(**cfg), steps)
+    if broke:  # nothing to compare with: ours must at least be finite on the same grid
+        assert torch.isfinite(ours).all()
+        return
     assert our_t.dtype == torch.int64 and torch.equal(our_t, their_t.to(torch.int64))
     if precision_limited(sched, opt, name) and rel(ours, theirs) > 1e-4:
         _, theirs64 = run(getattr(diffusers, name)(**cfg), steps, sigmas64=True)
         assert rel(ours, theirs64) < 1e-5 < rel(theirs, theirs64)
     else:
         assert rel(ours, theirs) < 1e-4
+
+
+def test_every_pinned_break_is_a_case():
+    assert set(DIFFUSERS_BREAKS) <= {_key(*case) for case in CASES}
 
 
 EDM_OPTIONS = [

@@ -46,13 +46,29 @@ def loop(s, x, step_kwargs=None, seed=None):
     return x
 
 
-def assert_parity(name, cfg, steps, step_kwargs=None, seed=None, rtol=1e-4, set_kwargs=None):
-    """Same timesteps, and the same final sample to ``rtol`` of its size.
+# Cases whose float32 round-off exceeds ``rtol * max|b|``, pinned: (scheduler, config, steps). In these three the
+# start sample is x_T = sigma0 * n with sigma0 = 2.03e4 (the cosine schedule's sigma_max) and |n| up to 3.9, so the
+# first update x_T + (sigma1 - sigma0) * d, which cancels |x_T| ~ 8e4 down to O(sigma1), is rounded at a magnitude
+# where one float32 ulp is eps32 * |x_T| ~ 1e-2; later steps do not damp it (v-prediction at sigma ~ 2e4). Measured
+# floor: moving Diffusers' own start sample by one ulp moves its final sample by 3.4e-4 (Euler ancestral, 10 steps),
+# 6.0e-2 (KDPM2, 10) and 1.0e-2 (KDPM2, 25), and Diffusers and ours are each 3e-4 .. 5.6e-2 from a float64 run of
+# ours (ours never more than 1.02x farther). Ours agrees with Diffusers to 6.8e-4, 2.1e-3, 1.1e-3: only these three
+# get the absolute allowance atol = eps32 * sigma0 = 2.4e-3 (below every one of the measured floors but the first,
+# where it is 7x it); every other case must meet ``rtol`` alone, and a pinned case that does is an unexpected pass.
+ROUNDOFF_LIMITED = {
+    ("EulerAncestralDiscreteScheduler", "squaredcos_cap_v2-v_prediction", 10),
+    ("KDPM2DiscreteScheduler", "squaredcos_cap_v2-v_prediction", 10),
+    ("KDPM2DiscreteScheduler", "squaredcos_cap_v2-v_prediction", 25),
+}
 
-    The first sample is ``init_noise_sigma * noise`` in float32 (up to 2e4 for cosine schedules), and the first
-    steps cancel most of it, so no two float32 implementations agree better than ``eps32 * init_noise_sigma``
-    in absolute terms: that is added as ``atol``.
-    """
+
+def _roundoff_key(name: str, cfg: dict, steps) -> tuple:
+    return name, "-".join(str(v) for k, v in sorted(cfg.items()) if k in ("beta_schedule", "prediction_type")), steps
+
+
+def assert_parity(name, cfg, steps, step_kwargs=None, seed=None, rtol=1e-4, set_kwargs=None):
+    """Same timesteps, and the same final sample to ``rtol`` of its size (plus, in the pinned ROUNDOFF_LIMITED
+    cases only, the float32 round-off allowance derived above)."""
     ours, theirs = getattr(td, name)(**cfg), getattr(diffusers, name)(**cfg)
     set_kwargs = set_kwargs if set_kwargs is not None else dict(num_inference_steps=steps)
     ours.set_timesteps(**set_kwargs)
@@ -63,9 +79,14 @@ def assert_parity(name, cfg, steps, step_kwargs=None, seed=None, rtol=1e-4, set_
     a = loop(ours, x.clone(), step_kwargs, seed)
     b = loop(theirs, x.clone(), step_kwargs, seed)
     assert torch.isfinite(b).all()
-    atol = torch.finfo(torch.float32).eps * sigma0
-    err = (a - b).abs().max().item()
-    assert err <= rtol * b.abs().max().item() + atol, f"{name} {cfg} steps={steps}: max abs error {err:.2e}"
+    err, bound = (a - b).abs().max().item(), rtol * b.abs().max().item()
+    only_cfg = len(cfg) == len([k for k in cfg if k in ("beta_schedule", "prediction_type")])
+    pinned = only_cfg and not step_kwargs and set_kwargs == dict(num_inference_steps=steps)
+    pinned = pinned and _roundoff_key(name, cfg, steps) in ROUNDOFF_LIMITED
+    if pinned:
+        assert err > bound, f"{name} {cfg} steps={steps}: pinned as round-off limited, but meets rtol alone"
+        bound += torch.finfo(torch.float32).eps * sigma0
+    assert err <= bound, f"{name} {cfg} steps={steps}: max abs error {err:.2e} > {bound:.2e}"
 
 
 def cases(*option_sets):
@@ -255,6 +276,32 @@ def test_kdpm2_ancestral_same_samples_under_the_same_generator(cfg, steps):
     assert_parity("KDPM2AncestralDiscreteScheduler", cfg, steps, seed=11)
 
 
+# The excluded cases where Diffusers 0.42.1 returns NaN, pinned (a fix in Diffusers fails here: move the case back
+# into the parity lists); ours stays finite on the same grid and start.
+DIFFUSERS_NAN = [
+    ("KDPM2DiscreteScheduler", "cosine-10-use_karras_sigmas=True"),
+    ("KDPM2DiscreteScheduler", "cosine-25-use_karras_sigmas=True"),
+    *[
+        ("KDPM2AncestralDiscreteScheduler", f"cosine-{case}")
+        for case in ("10-", "10-use_karras_sigmas=True", "10-use_beta_sigmas=True", "10-prediction_type=v_prediction",
+                     "25-use_karras_sigmas=True", "25-use_beta_sigmas=True")
+    ],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, case", DIFFUSERS_NAN)
+def test_excluded_cases_where_diffusers_returns_nan(name, case):
+    (param,) = [c for c in cases(*SIGMA_OPTIONS) if c.id == case]
+    cfg, steps = param.values
+    seed = 11 if "Ancestral" in name else None
+    outs = []
+    for lib in (diffusers, td):
+        s = getattr(lib, name)(**cfg)
+        s.set_timesteps(steps)
+        outs.append(loop(s, start_noise(float(s.init_noise_sigma)), seed=seed))
+    assert not torch.isfinite(outs[0]).all() and torch.isfinite(outs[1]).all()
+
+
 # ---- PNDM -----------------------------------------------------------------------------------------------------
 # v_prediction is left out on purpose: Diffusers converts v to eps only after combining outputs of different
 # timesteps; we convert each output where it was made (exact on a known model: tests/schedulers/test_pndm.py).
@@ -323,7 +370,15 @@ LCM_OPTIONS = [
 @pytest.mark.parametrize("steps", [1, 4, 8])
 def test_consistency_parity_under_the_same_generator(name, cfg, extra, steps):
     if name == "TCDScheduler" and cfg.get("clip_sample"):
-        pytest.skip("Diffusers' TCD ignores clip_sample; ours applies it (tests/schedulers/test_tcd.py)")
+        # Known difference: Diffusers' TCD ignores clip_sample; ours applies it (tests/schedulers/test_tcd.py).
+        # Pin the claim: Diffusers gives the same sample with and without it.
+        runs = []
+        for clip in (True, False):
+            s = diffusers.TCDScheduler(**{**cfg, "clip_sample": clip})
+            s.set_timesteps(num_inference_steps=steps, **extra)
+            runs.append(loop(s, start_noise(), seed=5))
+        assert torch.equal(*runs)
+        return
     assert_parity(name, cfg, steps, seed=5, set_kwargs=dict(num_inference_steps=steps, **extra))
 
 

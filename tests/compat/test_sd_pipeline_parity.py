@@ -1,6 +1,7 @@
 """Stable Diffusion pipelines: the same images as Diffusers from the same folder (max abs diff <= 2e-3 on [0, 1]
-pixels), both ways, for text-to-image, image-to-image and inpainting; single-file loading against Diffusers'
-own LDM converters."""
+pixels; the latents before the VAE to 1e-4, with a check that they are not trivial), both ways, for
+text-to-image, image-to-image and inpainting; single-file loading against Diffusers' own LDM converters. The
+folder's weights are all perturbed off their default init (``tests.sd_fixtures.save_tiny_sd``)."""
 
 import numpy as np
 import pytest
@@ -244,8 +245,13 @@ def _mask(size=64):
     return Image.fromarray(m)
 
 
-@pytest.mark.slow  # ~1 min on 2 busy cores; run with -m slow
-@pytest.mark.parametrize("scheduler", [None, "EulerDiscreteScheduler", "DPMSolverMultistepScheduler"])
+SLOW = pytest.mark.slow  # the other variants: ~10 s more on 2 busy cores; run with -m slow
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [None, pytest.param("EulerDiscreteScheduler", marks=SLOW), pytest.param("DPMSolverMultistepScheduler", marks=SLOW)],
+)
 def test_img2img_same_images(tiny_sd_folder, scheduler):
     theirs, ours = _pair("StableDiffusionImg2ImgPipeline", tiny_sd_folder, scheduler)
     for kwargs in (
@@ -260,9 +266,10 @@ def test_img2img_same_images(tiny_sd_folder, scheduler):
     _assert_same(a, b)
 
 
-@pytest.mark.slow  # ~1 min on 2 busy cores; run with -m slow
-@pytest.mark.parametrize("which", ["4ch", "9ch"])
-@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize(
+    "which, strength",
+    [("4ch", 1.0), ("9ch", 0.6), pytest.param("4ch", 0.6, marks=SLOW), pytest.param("9ch", 1.0, marks=SLOW)],
+)
 def test_inpaint_same_images(tiny_sd_folder, tiny_sd_inpaint_folder, which, strength):
     folder = tiny_sd_folder if which == "4ch" else tiny_sd_inpaint_folder
     for scheduler in (None, "EulerDiscreteScheduler"):
@@ -288,7 +295,7 @@ def test_inpaint_same_images(tiny_sd_folder, tiny_sd_inpaint_folder, which, stre
     ],
 )
 def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box, pad, out_hw):
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
+    from torchdiffusion.utils.image_regions import mask_crop_region
 
     theirs, ours = _pair("StableDiffusionInpaintPipeline", tiny_sd_inpaint_folder)
     image = _image(3, size=max(size)).crop((0, 0, *size))
@@ -311,7 +318,7 @@ def test_inpaint_padding_mask_crop_same_images(tiny_sd_inpaint_folder, size, box
 def test_mask_crop_region_matches_diffusers():
     from diffusers.image_processor import VaeImageProcessor
 
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
+    from torchdiffusion.utils.image_regions import mask_crop_region
 
     rng = np.random.RandomState(0)
     for _ in range(40):
@@ -387,3 +394,21 @@ def test_single_file_pipeline_same_images(tiny_sd_folder, tmp_path):
     ours.set_progress_bar_config(disable=True)
     kwargs = dict(prompt="the cat", negative_prompt="dog")
     _assert_same(_images(theirs, **kwargs), _images(ours, **kwargs))
+
+
+# ---- latents, tight --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", [None, "DPMSolverMultistepScheduler"], ids=lambda s: s or "default_pndm")
+def test_latents_match_to_1e4_and_are_not_trivial(pairs, scheduler):
+    """Before the VAE: the denoised latents agree to 1e-4 on the perturbed folder (every weight moved off its
+    default init), and they have spread over pixels and differ between prompts (a constant output would match)."""
+    theirs, ours = pairs[scheduler]
+    kwargs = dict(prompt=["the cat", "a photo of a dog"], negative_prompt=["dog", ""], output_type="latent")
+    a, b = _images(theirs, **kwargs), _images(ours, **kwargs)
+    assert b.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    assert (a.std(dim=(1, 2, 3)) > 0.5).all()  # measured ~3-5
+    assert (a[0] - a[1]).abs().max() > 1.0  # measured ~13-18
+    images = _images(ours, prompt=kwargs["prompt"], negative_prompt=kwargs["negative_prompt"])
+    assert (images.std(axis=(1, 2, 3)) > 0.05).all() and np.abs(images[0] - images[1]).max() > 0.2

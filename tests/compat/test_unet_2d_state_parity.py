@@ -14,6 +14,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import torchdiffusion as td  # noqa: E402
+from tests.helpers import perturb_  # noqa: E402
 
 BUTTERFLIES = dict(  # the butterflies tutorial: (64, 128, 128, 256) at 32 px, here 1/4 wide
     sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(16, 32, 32, 64),
@@ -101,7 +102,7 @@ def test_same_seed_gives_diffusers_initial_weights(name):
 def test_diffusers_weights_load_here_and_back(name):
     cfg = CONFIGS[name]
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DModel(**cfg).eval()
+    theirs = perturb_(diffusers.UNet2DModel(**cfg).eval())
     ours = td.UNet2DModel(**cfg).eval()
     assert set(ours.state_dict()) == set(theirs.state_dict())
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -124,7 +125,7 @@ def test_diffusers_weights_load_here_and_back(name):
 @pytest.mark.parametrize("timestep", [5, torch.tensor(5), torch.tensor([5]), torch.tensor([5, 800])])
 def test_timestep_forms_match(timestep):
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DModel(**SMALL).eval()
+    theirs = perturb_(diffusers.UNet2DModel(**SMALL).eval())
     ours = td.UNet2DModel(**SMALL).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 3, 16, 16)
@@ -135,7 +136,7 @@ def test_timestep_forms_match(timestep):
 def test_training_gradients_match():
     cfg = dict(SMALL, num_class_embeds=10, resnet_time_scale_shift="scale_shift")
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DModel(**cfg).train()
+    theirs = perturb_(diffusers.UNet2DModel(**cfg).train())
     ours = td.UNet2DModel(**cfg).train()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x, t, kwargs = _inputs(cfg)
@@ -150,7 +151,7 @@ def test_training_gradients_match():
 @pytest.mark.parametrize("cfg", [MNIST, NCSNPP], ids=["mnist", "ncsnpp"])
 def test_folder_round_trip_both_ways(tmp_path, cfg):
     torch.manual_seed(0)
-    theirs = diffusers.UNet2DModel(**cfg).eval()
+    theirs = perturb_(diffusers.UNet2DModel(**cfg).eval())
     theirs.save_pretrained(tmp_path / "d")
     ours = td.UNet2DModel.from_pretrained(tmp_path / "d").eval()
     ours.save_pretrained(tmp_path / "o")

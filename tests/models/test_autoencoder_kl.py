@@ -106,7 +106,6 @@ def test_slicing_gives_the_same_result():
     assert not vae.use_slicing
 
 
-@pytest.mark.slow
 def test_tiling_small_inputs_untouched_large_inputs_blended():
     vae = _vae()
     x = _images(batch=1)

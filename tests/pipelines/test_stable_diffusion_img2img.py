@@ -49,9 +49,23 @@ def test_size_rounds_down_to_the_vae_factor_and_strength_matters(pipe):
     assert np.abs(weak - strong).max() > 0
 
 
-def test_latents_as_image_are_used_directly(pipe):
-    latents = torch.randn(1, 4, 8, 8)
+def test_latents_as_image_are_used_directly(pipe, monkeypatch):
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     assert run(pipe, latents).shape == (1, 64, 64, 3)
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("4-channel input must not go through the VAE encoder")
+
+    monkeypatch.setattr(pipe.vae, "encode", no_encode)
+    # one short step at the low-noise end: the result stays next to the given latents (not re-encoded or rescaled)
+    def corr(a, b):
+        return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+    out = run(pipe, latents, output_type="latent", num_inference_steps=10, strength=0.1)
+    assert out.shape == latents.shape
+    assert corr(out, latents) > 0.8
+    other = run(pipe, -latents, output_type="latent", num_inference_steps=10, strength=0.1)
+    assert corr(other, -latents) > 0.8
 
 
 def test_batch_invariant_with_generator_list(pipe):
@@ -65,6 +79,13 @@ def test_batch_invariant_with_generator_list(pipe):
 def test_one_image_serves_every_prompt(pipe):
     out = run(pipe, Image.fromarray(picture()), prompt=["a", "b"], num_images_per_prompt=2)
     assert out.shape == (4, 64, 64, 3)
+    assert all(np.abs(out[i] - out[j]).max() > 0.01 for i in range(4) for j in range(i))  # by prompt and by draw
+    # and each is what that prompt alone makes from the image with the same generator list entry
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    batch = run(pipe, Image.fromarray(picture()), prompt=["a", "b"], num_images_per_prompt=2, generator=gens)
+    gens = [torch.Generator().manual_seed(i) for i in (2, 3)]
+    alone = run(pipe, Image.fromarray(picture()), prompt="b", num_images_per_prompt=2, generator=gens)
+    assert np.abs(batch[2:] - alone).max() <= 1e-4
 
 
 def test_preprocess_shapes_and_ranges():

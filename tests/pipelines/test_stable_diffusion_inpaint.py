@@ -103,7 +103,7 @@ def test_bad_arguments_name_the_argument(pipe, kwargs, name):
 
 
 def test_padding_mask_crop_repaints_only_the_crop(pipe):
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import mask_crop_region
+    from torchdiffusion.utils.image_regions import mask_crop_region
 
     m = np.zeros((64, 64), "uint8")
     m[40:50, 0:4] = 255
@@ -137,7 +137,7 @@ def test_unet_with_other_channel_counts_is_refused(pipe):
 
 
 def test_fill_cover_and_paste_helpers():
-    from torchdiffusion.pipelines.stable_diffusion.image_inputs import (
+    from torchdiffusion.utils.image_regions import (
         crop_for_inpainting,
         paste_inpainted,
         resize_cover,

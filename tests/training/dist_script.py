@@ -1,4 +1,6 @@
-"""One run for the multi-process test: python -m tests.training.dist_script OUT BATCH (under torchrun or alone)."""
+"""One run for the multi-process test: python -m tests.training.dist_script OUT BATCH RESULTS (under torchrun or
+alone). Each rank writes RESULTS/rank<R>.json (losses, files it created under OUT) and its final in-memory weights
+RESULTS/rank<R>.safetensors (files, not stdout: two ranks' prints can interleave on one line)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _record_writes(out: str, seen: list[str]) -> None:
 
 
 def main() -> None:
-    out, batch = sys.argv[1], int(sys.argv[2])
+    out, batch, results = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     rank = int(os.environ.get("RANK", "0"))
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -48,8 +50,14 @@ def main() -> None:
     if rank > 0:
         _record_writes(out, seen)
     options = dict(FAST, batch_size=batch, max_steps=5, checkpointing_steps=2, seed=1, num_sample_images=2)
-    result = Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options).train()
-    print("RESULT " + json.dumps({"rank": rank, "losses": result.losses, "writes": seen}), flush=True)
+    trainer = Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options)
+    result = trainer.train()
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in trainer.unwrapped.state_dict().items()}
+    save_file(state, os.path.join(results, f"rank{rank}.safetensors"))
+    with open(os.path.join(results, f"rank{rank}.json"), "w") as f:
+        json.dump({"rank": rank, "losses": result.losses, "writes": seen}, f)
 
 
 if __name__ == "__main__":

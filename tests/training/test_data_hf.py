@@ -74,9 +74,19 @@ def test_dataset_object_passed_in_directly():
     assert len(load_training_dataset(both, 6, split="test")) == 1
     with pytest.raises(ValueError, match="validation"):
         load_training_dataset(both, 6, split="validation")
-    # augmentation follows the (index, seed) key, as for the other sources
+    # augmentation follows the (index, seed) key, as for the other sources: each key gives the plain image or its
+    # mirror image, both occur, and the same key gives the same pixels from another dataset object
     flip = load_training_dataset(data, 6, random_flip=True)
-    torch.testing.assert_close(flip[(2, 7)]["images"], flip[(2, 7)]["images"])
+    plain = load_training_dataset(data, 6, random_flip=False)[2]["images"]
+    assert not torch.equal(plain, plain.flip(-1))
+    mirrored = []
+    for seed in range(16):
+        got = flip[(2, seed)]["images"]
+        assert torch.equal(got, plain) or torch.equal(got, plain.flip(-1))
+        mirrored.append(not torch.equal(got, plain))
+    assert any(mirrored) and not all(mirrored)
+    again = load_training_dataset(data, 6, random_flip=True)
+    assert all(torch.equal(again[(2, s)]["images"], flip[(2, s)]["images"]) for s in range(16))
 
 
 def test_labels_need_a_classlabel_column():

@@ -23,8 +23,12 @@ def _weights(model):
 def test_unconditional_run_writes_a_pipeline_folder(tmp_path, digits):
     out = str(tmp_path / "run")
     torch.manual_seed(0)
-    result = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=out, **FAST).train()
+    model = tiny_unet()
+    init = _weights(model)
+    result = Trainer(model, tiny_scheduler(), digits, output_dir=out, **FAST).train()
     assert result.step == 4 and len(result.losses) == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert 0.05 < result.losses[0] < 5  # the noise-prediction MSE of an untrained net: order 1
+    assert any(not torch.equal(init[k], v) for k, v in model.state_dict().items())  # the steps moved the weights
     names = set(os.listdir(out))
     assert {
         "model_index.json",
@@ -38,12 +42,14 @@ def test_unconditional_run_writes_a_pipeline_folder(tmp_path, digits):
     assert os.listdir(os.path.join(out, "samples")) == ["step_000004.png"]
     log = json.load(open(os.path.join(out, "train_log.json")))
     assert log["step"] == 4 and log["history"][-1]["step"] == 4 and "images_per_s" in log["history"][-1]
+    # the log's loss is the mean over its last log_steps (2) steps, rounded to 5 places
+    assert log["history"][-1]["loss"] == pytest.approx(sum(result.losses[-2:]) / 2, abs=1e-5)
     index = json.load(open(os.path.join(out, "model_index.json")))
     assert index["_class_name"] == "DDPMPipeline" and index["unet"] == ["diffusers", "UNet2DModel"]
     pipe = DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe, DDPMPipeline)
     image = pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert image.shape == (1, 8, 8, 1)
+    assert image.shape == (1, 8, 8, 1) and 0 <= image.min() and image.max() <= 1 and image.std() > 0.01
 
 
 def test_exported_weights_are_the_ema(tmp_path, digits):
@@ -88,8 +94,14 @@ def test_class_conditional_run_and_pipeline(tmp_path, digits):
     g = torch.Generator().manual_seed(0)
     images = pipe([3, 7], guidance_scale=2.0, num_inference_steps=2, generator=g, output_type="pt").images
     assert images.shape == (2, 1, 8, 8)
-    by_name = pipe(["3", "7"], guidance_scale=2.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
-    assert len(by_name.images) == 2
+    by_name = pipe(["3", "7"], guidance_scale=2.0, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                   output_type="pt")  # fmt: skip
+    torch.testing.assert_close(by_name.images, images)  # names map to the same labels
+    # the label reaches the model: the same start noise under two labels gives two images
+    g3, g7 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    three = pipe([3], guidance_scale=2.0, num_inference_steps=2, generator=g3, output_type="pt").images
+    seven = pipe([7], guidance_scale=2.0, num_inference_steps=2, generator=g7, output_type="pt").images
+    assert (three - seven).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -105,10 +117,13 @@ def test_objectives_and_precisions(tmp_path, digits, options):
     with pytest.warns(UserWarning, match="fp16") if options.get("mixed_precision") == "fp16" else _nothing():
         trainer = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), **fast, **options)
         result = trainer.train()
-    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert all(torch.isfinite(torch.tensor(result.losses))) and result.losses[0] > 0
     pipe = DiffusionPipeline.from_pretrained(str(tmp_path))
     expected = options.get("prediction_type", "epsilon")
     assert pipe.scheduler.config.prediction_type == expected
+    if not options.get("use_ema", True):  # no EMA: the folder holds the trained weights themselves
+        trained = trainer.unwrapped.state_dict()
+        assert all(torch.equal(v, trained[k].float()) for k, v in pipe.unet.state_dict().items())
 
 
 class _nothing:

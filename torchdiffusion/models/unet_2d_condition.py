@@ -19,6 +19,7 @@ from ..utils.outputs import BaseOutput
 from .layers.activations import get_activation
 from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import TimestepEmbedding, Timesteps
+from .layers.freeu import check_freeu_factors, set_freeu
 from .modeling import ModelMixin
 from .unet_condition_config import (
     build_class_embedding,
@@ -192,6 +193,18 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
                 raise ValueError(f"slice_size entry {size!r} must be an int in [1, {dim}] (the layer's heads) or None")
         for layer, size in zip(layers, sizes):
             layer.set_attention_slice(size)
+
+    # ---- FreeU -------------------------------------------------------------------------------------------
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """Turn on FreeU (Si et al. 2023): in the first two up levels, backbone features x ``b1`` / ``b2`` (first
+        half of the channels) and the skips' lowest frequencies x ``s1`` / ``s2``. SD 1.x values from the
+        paper's repository: ``s1=0.9, s2=0.2, b1=1.5, b2=1.6``."""
+        check_freeu_factors(s1=s1, s2=s2, b1=b1, b2=b2)
+        set_freeu(self.up_blocks, {"s1": s1, "s2": s2, "b1": b1, "b2": b2})
+
+    def disable_freeu(self) -> None:
+        """Turn FreeU off (the up blocks' ``s1``, ``s2``, ``b1``, ``b2`` become None)."""
+        set_freeu(self.up_blocks, None)
 
     def set_default_attn_processor(self) -> None:
         """Back to plain (unsliced) scaled-dot-product attention everywhere."""

@@ -54,6 +54,35 @@ def _per_block(value: Any, n: int, name: str, kind: type | tuple[type, ...]) -> 
     raise ValueError(f"{name}={value!r} must be a single value or a list with one entry per block ({n} blocks)")
 
 
+def _transformer_layers(tl: list, rev_tl: Any, layers: list[int]) -> tuple[list, list]:
+    """Transformer depths for the down blocks and the up blocks: one count per block, or per layer (a list per
+    block). As in Diffusers, a per-layer list may be longer than the block's layers (the first ones are used); the
+    up blocks (``layers_per_block + 1`` layers) take ``reverse_transformer_layers_per_block``, else the reversed
+    down lists, which then need ``layers_per_block + 1`` entries."""
+    n = len(layers)
+    up_tl = list(reversed(tl)) if rev_tl is None else rev_tl
+    up_name = "reverse_transformer_layers_per_block"
+    if not isinstance(up_tl, (list, tuple)) or len(up_tl) != n:
+        raise ValueError(f"{up_name}={rev_tl!r} must have one entry per up block ({n})")
+    if rev_tl is None:
+        up_name = "transformer_layers_per_block reversed for the up blocks (or reverse_transformer_layers_per_block)"
+
+    def fit(entries: list, name: str, sizes: list[int]) -> list:
+        out = []
+        for i, (t, size) in enumerate(zip(entries, sizes)):
+            if isinstance(t, (list, tuple)):
+                if len(t) < size:
+                    raise ValueError(f"{name}[{i}]={t!r} needs at least {size} entries, one per layer of the block")
+                t = [_positive_int(x, name) for x in t[:size]]
+            else:
+                t = _positive_int(t, name)
+            out.append(t)
+        return out
+
+    down = fit(tl, "transformer_layers_per_block", layers)
+    return down, fit(list(up_tl), up_name, [layers[n - 1 - i] + 1 for i in range(n)])
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} entries must be positive integers, got {value!r}")
@@ -99,20 +128,7 @@ def plan_blocks(a: dict[str, Any]) -> BlockPlan:
     tl = a["transformer_layers_per_block"]
     rev_tl = a["reverse_transformer_layers_per_block"]
     tl = _per_block(tl, n, "transformer_layers_per_block", int)
-    if any(isinstance(t, (list, tuple)) for t in tl) and rev_tl is None:
-        raise ValueError(
-            "transformer_layers_per_block gives per-layer counts (a list of lists); then "
-            "reverse_transformer_layers_per_block must give the up blocks' counts too"
-        )
-    for i, t in enumerate(tl):
-        if isinstance(t, (list, tuple)) and len(t) != layers[i]:
-            raise ValueError(
-                f"transformer_layers_per_block[{i}]={t!r} must have layers_per_block[{i}]={layers[i]} entries"
-            )
-    up_tl = list(reversed(tl)) if rev_tl is None else list(rev_tl)
-    if len(up_tl) != n:
-        raise ValueError(f"reverse_transformer_layers_per_block={rev_tl!r} must have one entry per up block ({n})")
-
+    tl, up_tl = _transformer_layers(tl, rev_tl, layers)
     for i, kind in enumerate(down):
         uses_attn = kind == "CrossAttnDownBlock2D" or up[n - 1 - i] == "CrossAttnUpBlock2D"
         if uses_attn:

@@ -23,26 +23,15 @@ from ..models.modeling import ModelMixin
 from ..schedulers.scheduling_utils import SchedulerMixin
 from ..utils.json_files import read_json
 from ..utils.outputs import BaseOutput
-
-# transformers classes a pipeline folder may name (text encoders, tokenizers, image processors).
-TRANSFORMERS_ALLOWED = frozenset(
-    {
-        "CLIPTextModel",
-        "CLIPTextModelWithProjection",
-        "CLIPTokenizer",
-        "CLIPTokenizerFast",
-        "CLIPVisionModelWithProjection",
-        "CLIPImageProcessor",
-        "CLIPImageProcessorFast",
-        "CLIPImageProcessorPil",
-        "CLIPFeatureExtractor",
-        "T5EncoderModel",
-        "T5Tokenizer",
-        "T5TokenizerFast",
-    }
+from ..weights import resolve_dtype
+from .component_loading import (
+    check_dtype_keys,
+    component_dtype,
+    component_kind,
+    has_variant,
+    load_component,
+    save_component,
 )
-# "stable_diffusion": the library Diffusers writes for StableDiffusionSafetyChecker (its pipeline module).
-_OUR_LIBRARIES = ("diffusers", "torchdiffusion", "stable_diffusion")
 
 
 @dataclass
@@ -214,18 +203,7 @@ class DiffusionPipeline(ConfigMixin):
         for name, component in self.components.items():
             if component is None:
                 continue
-            target = os.path.join(save_directory, name)
-            if isinstance(component, ModelMixin):
-                options: dict[str, Any] = {"safe_serialization": safe_serialization, "variant": variant}
-                if max_shard_size is not None:
-                    options["max_shard_size"] = max_shard_size
-                component.save_pretrained(target, **options)
-            elif isinstance(component, torch.nn.Module):  # transformers models
-                component.save_pretrained(target, safe_serialization=safe_serialization)
-            elif hasattr(component, "save_pretrained"):
-                component.save_pretrained(target)
-            else:
-                raise TypeError(f"component {name!r} ({type(component).__name__}) cannot be saved")
+            save_component(component, os.path.join(save_directory, name), safe_serialization, variant, max_shard_size)
         if push_to_hub:
             push.setdefault("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             upload_saved_folder(self, save_directory, **push)
@@ -241,11 +219,13 @@ class DiffusionPipeline(ConfigMixin):
 
         ``DiffusionPipeline.from_pretrained`` builds the class named in ``model_index.json``; a subclass builds
         itself. Keyword arguments: component overrides (``scheduler=...``, ``safety_checker=None``),
-        ``torch_dtype`` (one dtype or ``{"unet": torch.float16, "default": torch.float32}``), ``variant``,
-        ``use_safetensors``, hub options (``revision``, ``local_files_only``, ``cache_dir``, ``token``).
+        ``dtype`` or its alias ``torch_dtype`` (one dtype, or ``{"unet": torch.float16, "default": torch.float32}``:
+        components the dict does not name load in its ``"default"``, else float32), ``variant`` (loaded where a
+        component has its files; ``ValueError`` if none has), ``use_safetensors``, hub options (``revision``,
+        ``local_files_only``, ``cache_dir``, ``token``).
         """
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None), allow_dict=True)
         variant = kwargs.pop("variant", None)
         use_safetensors = kwargs.pop("use_safetensors", None)
         for ignored in ("low_cpu_mem_usage", "device_map"):
@@ -270,6 +250,8 @@ class DiffusionPipeline(ConfigMixin):
             for k in unknown:
                 kwargs.pop(k)
 
+        check_dtype_keys(dtype, names)
+        variants = _component_variants(pretrained_model_name_or_path, index, names, kwargs, variant, hub_kwargs)
         init: dict[str, Any] = {}
         for name in sorted(names):
             if name in kwargs:
@@ -281,9 +263,15 @@ class DiffusionPipeline(ConfigMixin):
                     init[name] = None
                     continue
                 raise ValueError(f"model_index.json has no component {name!r}, which {pipeline_cls.__name__} needs")
-            dtype = torch_dtype.get(name, torch_dtype.get("default")) if isinstance(torch_dtype, dict) else torch_dtype
-            init[name] = _load_component(
-                pretrained_model_name_or_path, name, entry, dtype, variant, use_safetensors, hub_kwargs
+            init[name] = load_component(
+                pretrained_model_name_or_path,
+                name,
+                entry,
+                component_dtype(dtype, name),
+                variants.get(name),
+                use_safetensors,
+                hub_kwargs,
+                _our_class,
             )
         for key in extra_args:
             if key in kwargs:
@@ -312,41 +300,18 @@ class DiffusionPipeline(ConfigMixin):
         return numpy_to_pil(images)
 
 
-def _load_component(root, name: str, entry, torch_dtype, variant, use_safetensors, hub_kwargs: dict) -> Any:
-    check_plain_name(name, "component name in model_index.json")
-    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
-        raise ValueError(f"model_index.json entry for {name!r} must be [library, class_name], got {entry!r}")
-    library, class_name = entry
-    if library in _OUR_LIBRARIES:
-        component_cls = _our_class(class_name)
-        if component_cls is None:
-            raise ValueError(f"model_index.json component {name!r} names {library}.{class_name}, which is not allowed")
-        if issubclass(component_cls, ModelMixin):
-            return component_cls.from_pretrained(
-                root,
-                subfolder=name,
-                torch_dtype=torch_dtype,
-                variant=variant,
-                use_safetensors=use_safetensors,
-                **hub_kwargs,
-            )
-        return component_cls.from_pretrained(root, subfolder=name, **hub_kwargs)
-    if library == "transformers" and class_name in TRANSFORMERS_ALLOWED:
-        import transformers
-
-        if class_name == "CLIPFeatureExtractor" and not hasattr(transformers, class_name):
-            class_name = "CLIPImageProcessor"  # old SD folders; transformers 5 dropped the alias
-        component_cls = getattr(transformers, class_name)
-        options: dict[str, Any] = {"subfolder": name}
-        options.update({k: v for k, v in hub_kwargs.items() if v is not None})
-        if issubclass(component_cls, torch.nn.Module):
-            if torch_dtype is not None:  # transformers 5 renamed torch_dtype= to dtype= (the old name warns)
-                major = int(transformers.__version__.split(".")[0])
-                options["dtype" if major >= 5 else "torch_dtype"] = torch_dtype
-            if use_safetensors is not None:
-                options["use_safetensors"] = use_safetensors
-        return component_cls.from_pretrained(os.fspath(root), **options)
-    raise ValueError(
-        f"model_index.json component {name!r} names {library}.{class_name}; only torchdiffusion classes and "
-        f"transformers {sorted(TRANSFORMERS_ALLOWED)} may be loaded"
-    )
+def _component_variants(root: Any, index: dict, names: set[str], given: dict, variant: str | None, hub_kwargs: dict):
+    """{component: variant} for the components (not passed in ``given``) that have ``variant``'s weight files; the
+    others load their plain files. ``ValueError`` when a variant is asked for and no component has it."""
+    if variant is None:
+        return {}
+    check_plain_name(variant, "variant")
+    kinds = {n: component_kind(index.get(n), _our_class) for n in names if n not in given}
+    found = {n: variant for n, kind in kinds.items() if kind and has_variant(root, n, kind, variant, hub_kwargs)}
+    if not found:
+        raise ValueError(
+            f"variant={variant!r}: no component of {os.fspath(root)} has weight files for this variant (such as "
+            f"diffusion_pytorch_model.{variant}.safetensors); load without variant, or save one with "
+            f"save_pretrained(..., variant={variant!r})"
+        )
+    return found

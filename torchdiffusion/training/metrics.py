@@ -91,7 +91,8 @@ class DigitsYardstick:
     """A digits classifier trained on scikit-learn's real digits at 16 px; scores generated digit images.
 
     ``score(images)`` takes ``(N, 1 or 3, H, W)`` in [-1, 1] (model space) or [0, 1] (``value_range=(0, 1)``) at
-    any size (resized to 16 px). Training is seeded and takes a few seconds on a CPU.
+    any size (resized to 16 px). Training is seeded and takes a few seconds on a CPU. ``test_indices`` are the 300
+    real images held out of the classifier's training (``test_accuracy`` is measured on them).
     """
 
     resolution = 16
@@ -122,7 +123,7 @@ class DigitsYardstick:
                     opt.step()
             torch.set_num_threads(threads)
         self.net.eval()
-        self.real_images, self.real_labels = x, y
+        self.real_images, self.real_labels, self.test_indices = x, y, test_idx
         with torch.no_grad():
             logits, self.real_features = self.net(x)
             self.test_accuracy = float((logits[test_idx].argmax(1) == y[test_idx]).float().mean())

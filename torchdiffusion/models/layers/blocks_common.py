@@ -19,6 +19,7 @@ from torch import nn
 
 from ..modeling import checkpointed
 from .attention import Attention
+from .freeu import apply_freeu
 from .resampling import Downsample2D, Upsample2D
 from .resnet import ResnetBlock2D
 
@@ -201,6 +202,7 @@ class _UpStack(nn.Module):
 
     has_cross_attention = False
     resnet_upsampler = False
+    applies_freeu = False  # UpBlock2D and CrossAttnUpBlock2D take FreeU (enable_freeu), as in Diffusers
 
     def _layers(
         self,
@@ -213,7 +215,10 @@ class _UpStack(nn.Module):
         skips = list(res_hidden_states_tuple)
         attentions = getattr(self, "attentions", None) or [None] * len(self.resnets)
         for resnet, attn in zip(self.resnets, attentions):
-            hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
+            skip = skips.pop()
+            if self.applies_freeu:
+                hidden_states, skip = apply_freeu(self, hidden_states, skip)
+            hidden_states = torch.cat([hidden_states, skip], dim=1)
             hidden_states = checkpointed(self, resnet, hidden_states, temb)
             if attn is not None:
                 hidden_states = attn(hidden_states, *attn_args)

@@ -29,13 +29,14 @@ from .transformer import Transformer2DModel
 
 
 def _per_layer(value: int | Sequence[int], num_layers: int, name: str) -> list[int]:
-    """``transformer_layers_per_block`` as one count per resnet/transformer pair."""
+    """``transformer_layers_per_block`` as one count per resnet/transformer pair (a longer list: its first
+    ``num_layers`` entries, as in Diffusers)."""
     if isinstance(value, int):
         return [value] * num_layers
     value = list(value)
-    if len(value) != num_layers:
+    if len(value) < num_layers:
         raise ValueError(f"{name}={value} has {len(value)} entries; the block has {num_layers} layers")
-    return value
+    return value[:num_layers]
 
 
 def _heads_check(out_channels: int, num_attention_heads: int) -> int:
@@ -150,6 +151,8 @@ class CrossAttnDownBlock2D(_DownStack):
 
 class CrossAttnUpBlock2D(_UpStack):
     """``num_layers`` x (concat skip -> ResnetBlock2D -> Transformer2DModel), then an optional upsampler."""
+
+    applies_freeu = True
 
     def __init__(
         self,

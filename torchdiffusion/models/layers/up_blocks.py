@@ -25,6 +25,8 @@ from .blocks_common import (
 class UpBlock2D(_UpStack):
     """``num_layers`` x (concat skip -> ResnetBlock2D), then nearest x2 + conv (``add_upsample``)."""
 
+    applies_freeu = True
+
     def __init__(
         self,
         in_channels: int,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ...core.guidance import classifier_free_guidance, rescale_guidance
+from ...image_processor import VaeImageProcessor
 from ...utils.images import check_output_type
 from ...utils.torch_utils import check_generator, randn_tensor
 from ..denoise import (
@@ -84,6 +85,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
     _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _has_mask_processor = False
 
     def __init__(
         self,
@@ -118,6 +120,12 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
             image_encoder=image_encoder,
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
+        # Diffusers' public pre/post-processors (our own steps use image_inputs / utils.images directly).
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        if self._has_mask_processor:
+            self.mask_processor = VaeImageProcessor(
+                vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+            )
 
     # ---- the running call's values (Diffusers-compatible properties; see call.py) ---------------------------
     guidance_scale = call_property("guidance_scale")
@@ -134,6 +142,16 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
     def do_classifier_free_guidance(self) -> bool:
         """Whether the running (else the last) call guides: ``guidance_scale`` > 1 and no guidance-distilled UNet."""
         return _guides(self.guidance_scale, self.unet)
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU on the UNet (see :meth:`UNet2DConditionModel.enable_freeu`); SD 1.x: 0.9, 0.2, 1.5, 1.6."""
+        if not hasattr(self.unet, "enable_freeu"):
+            raise ValueError(f"the unet ({type(self.unet).__name__}) has no enable_freeu: FreeU is not available")
+        self.unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def disable_freeu(self) -> None:
+        """FreeU off on the UNet."""
+        self.unet.disable_freeu()
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path_or_dict: Any, **kwargs: Any):

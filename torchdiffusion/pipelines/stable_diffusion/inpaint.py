@@ -13,18 +13,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...utils.image_regions import crop_for_inpainting, mask_crop_region, paste_inpainted
 from ...utils.torch_utils import GeneratorArg, randn_tensor
 from ..denoise import add_noise_at, check_finite_number, check_latents, check_positive_int
 from .base import StableDiffusionMixin
 from .call import SDCall
-from .image_inputs import (
-    crop_for_inpainting,
-    expand_to_batch,
-    mask_crop_region,
-    paste_inpainted,
-    preprocess_image,
-    preprocess_mask,
-)
+from .image_inputs import expand_to_batch, preprocess_image, preprocess_mask
 from .latent_images import StableDiffusionPipelineOutput
 
 __all__ = ["StableDiffusionInpaintPipeline"]
@@ -34,6 +28,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
     """Inpainting with the components of :class:`StableDiffusionPipeline` (9- or 4-channel UNet)."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents"]
+    _has_mask_processor = True  # pipe.mask_processor, as Diffusers' inpainting pipeline
 
     def __call__(
         self,

@@ -26,6 +26,26 @@ class StableDiffusionPipelineOutput(BaseOutput):
     nsfw_content_detected: list[bool] | None = None
 
 
+def _sample_latents(encoded: Any, generator: Any) -> torch.Tensor:
+    """Latents from a VAE's ``encode`` output: a sample of ``latent_dist`` (AutoencoderKL), else ``latents``
+    (AutoencoderTiny-style VAEs, which encode deterministically), or the latents tensor itself; of a tuple
+    (``return_dict=False`` style) its first item."""
+    if isinstance(encoded, tuple):
+        encoded = encoded[0]
+    if hasattr(encoded, "latent_dist"):
+        return encoded.latent_dist.sample(generator)
+    if hasattr(encoded, "sample") and callable(encoded.sample):  # a bare distribution (return_dict=False style)
+        return encoded.sample(generator)
+    if hasattr(encoded, "latents"):
+        return encoded.latents
+    if isinstance(encoded, torch.Tensor):
+        return encoded
+    raise TypeError(
+        f"vae.encode returned {type(encoded).__name__}, which has neither .latent_dist nor .latents; the vae must "
+        f"be an AutoencoderKL-like (latent_dist) or AutoencoderTiny-like (latents) model"
+    )
+
+
 class LatentImagesMixin:
     """VAE and safety-checker steps of the Stable Diffusion pipelines (reads ``vae``, ``safety_checker``,
     ``feature_extractor`` and ``device``)."""
@@ -35,10 +55,10 @@ class LatentImagesMixin:
         vae = self.vae
         images = images.to(device=vae.device, dtype=vae.dtype)
         if isinstance(generator, (list, tuple)):
-            parts = [vae.encode(images[i : i + 1]).latent_dist.sample(generator[i]) for i in range(images.shape[0])]
+            parts = [_sample_latents(vae.encode(images[i : i + 1]), generator[i]) for i in range(images.shape[0])]
             latents = torch.cat(parts)
         else:
-            latents = vae.encode(images).latent_dist.sample(generator)
+            latents = _sample_latents(vae.encode(images), generator)
         shift = vae.config.get("shift_factor")
         if shift is not None:
             latents = latents - shift

@@ -3,12 +3,17 @@ the negative prompt for classifier-free guidance, and the checks of the prompt a
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
 import torch
 
 __all__ = ["PromptEncodingMixin", "check_prompt_arguments"]
+
+# transformers' tokenizers set their padding/truncation state on the shared object before each call, so two threads
+# tokenizing at once can get each other's padding (different input ids, different images): one call at a time.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def check_prompt_arguments(prompt: Any, prompt_embeds: Any, negative_prompt: Any, negative_prompt_embeds: Any) -> int:
@@ -55,11 +60,12 @@ class PromptEncodingMixin:
     components; also reads ``unet`` for the dtype when there is no text encoder."""
 
     def _tokenize(self, texts: list[str], max_length: int, warn: bool) -> Any:
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
-        if warn:
-            full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids
+        with _TOKENIZER_LOCK:
+            tokens = self.tokenizer(
+                texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+            )
+            full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids if warn else None
+        if full is not None:
             if full.shape[-1] > tokens.input_ids.shape[-1]:
                 removed = self.tokenizer.batch_decode(full[:, max_length - 1 : -1])
                 warnings.warn(

@@ -66,6 +66,8 @@ class StableDiffusionSafetyChecker(ModelMixin, ConfigMixin):
     built); ``projection_dim``: size of the image embedding compared with the concept embeddings.
     """
 
+    _weights_layout = "transformers"  # model.safetensors, as the transformers CLIP model Diffusers wraps
+
     config_name = "config.json"
     _pipeline_library = "stable_diffusion"  # what model_index.json names as the library (Diffusers' spelling)
     main_input_name = "clip_input"
@@ -139,22 +141,21 @@ class StableDiffusionSafetyChecker(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Load a ``safety_checker`` folder written by Diffusers/transformers or by :meth:`save_pretrained`.
 
-        Keyword arguments: ``subfolder``, ``torch_dtype``, ``variant``, ``use_safetensors``, hub options.
+        Keyword arguments: ``subfolder``, ``dtype`` (or its alias ``torch_dtype``), ``variant``,
+        ``use_safetensors``, hub options.
         """
         from ...hub import HUB_KWARGS
-        from ...weights import load_state_into, read_state_file
+        from ...weights import load_state_into, read_state_file, resolve_dtype
 
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
         subfolder = kwargs.pop("subfolder", None)
-        torch_dtype = kwargs.pop("torch_dtype", None)
+        torch_dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         variant = kwargs.pop("variant", None)
         use_safetensors = kwargs.pop("use_safetensors", None)
         for ignored in ("low_cpu_mem_usage", "device_map"):
             kwargs.pop(ignored, None)
         if kwargs:
             raise TypeError(f"{cls.__name__}.from_pretrained got unexpected keyword argument(s): {', '.join(kwargs)}")
-        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-            raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {torch_dtype!r}")
         config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
         model = cls.from_config(config)
         files = _find_weight_files(pretrained_model_name_or_path, subfolder, variant, use_safetensors, hub_kwargs)
