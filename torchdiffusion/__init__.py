@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     # models
     "AutoencoderKL": "models.autoencoder_kl",
     "AutoencoderKLOutput": "models.autoencoder_kl",
+    "AutoencoderTiny": "models.autoencoder_tiny",
+    "AutoencoderTinyOutput": "models.autoencoder_tiny",
     "DecoderOutput": "models.vae",
     "UNet2DConditionModel": "models.unet_2d_condition",
     "UNet2DConditionOutput": "models.unet_2d_condition",

@@ -1,6 +1,7 @@
-"""One run for the multi-process test: python -m tests.training.dist_script OUT BATCH RESULTS (under torchrun or
-alone). Each rank writes RESULTS/rank<R>.json (losses, files it created under OUT) and its final in-memory weights
-RESULTS/rank<R>.safetensors (files, not stdout: two ranks' prints can interleave on one line)."""
+"""One run for the multi-process test: python -m tests.training.dist_script OUT BATCH RESULTS [SD CAPTIONS] (under
+torchrun or alone; with SD and CAPTIONS folders a LoRA text-to-image run). Each rank writes RESULTS/rank<R>.json
+(losses, files it created under OUT) and its final in-memory weights RESULTS/rank<R>.safetensors (files, not
+stdout: two ranks' prints can interleave on one line)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,15 @@ def main() -> None:
     if rank > 0:
         _record_writes(out, seen)
     options = dict(FAST, batch_size=batch, max_steps=5, checkpointing_steps=2, seed=1, num_sample_images=2)
-    trainer = Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options)
+    if len(sys.argv) > 4:
+        from torchdiffusion.training.sources import load_captioned_dataset
+        from torchdiffusion.training.text_to_image import TextToImageTask
+
+        task = TextToImageTask(sys.argv[4], lora_rank=4, seed=1)
+        options.update(max_steps=3, validation_prompts=("a cat",), num_validation_images=1, caption_dropout_prob=0.3)
+        trainer = Trainer(task, dataset=load_captioned_dataset(sys.argv[5], 64), output_dir=out, **options)
+    else:
+        trainer = Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options)
     result = trainer.train()
     from safetensors.torch import save_file
 

@@ -1,4 +1,5 @@
-"""A training run in its own process, for the tests that kill it (python -m tests.training.run_script MODE OUT)."""
+"""A training run in its own process, for the tests that kill it (python -m tests.training.run_script MODE OUT
+[SD_FOLDER CAPTIONS_FOLDER]: with the last two, a LoRA text-to-image run on that tiny SD folder)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,17 @@ def main() -> None:
     options = dict(FAST, max_steps=6, checkpointing_steps=2, sample_steps=100, checkpoints_total_limit=2, seed=5)
     if mode == "resume":
         options["resume_from_checkpoint"] = "latest"
-    Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options).train()
+    if len(sys.argv) > 3:  # text-to-image: LoRA on a tiny SD folder, cached latents
+        from torchdiffusion.training.sources import load_captioned_dataset
+        from torchdiffusion.training.text_to_image import TextToImageTask
+
+        from .t2i_common import T2I_FAST
+
+        options = {**T2I_FAST, **options, "batch_size": 2, "num_validation_images": 0}
+        data = load_captioned_dataset(sys.argv[4], 64)
+        Trainer(TextToImageTask(sys.argv[3], lora_rank=4, seed=5), dataset=data, output_dir=out, **options).train()
+    else:
+        Trainer(tiny_unet(), tiny_scheduler(), DigitsDataset(8), output_dir=out, **options).train()
     print("DONE", os.listdir(out), flush=True)
 
 

@@ -42,24 +42,27 @@ def single(tmp_path_factory):
     return result["losses"], weights
 
 
+def _launcher(launcher):
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes=2",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        f"--main_process_port={_free_port()}",
+    ]
+
+
 @pytest.mark.parametrize("launcher", ["accelerate", pytest.param("torchrun", marks=pytest.mark.slow)])
 def test_two_processes_match_one(single, tmp_path, launcher):
     out, results = str(tmp_path / "two"), str(tmp_path / "results")
     os.makedirs(results)
-    if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes=2",
-            "--num_machines=1",
-            "--mixed_precision=no",
-            "--dynamo_backend=no",
-            f"--main_process_port={_free_port()}",
-        ]
+    cmd = _launcher(launcher)
     (r0, w0), (r1, w1) = _run([*cmd, "-m", "tests.training.dist_script", out, "4", results], results)
     assert (r0["rank"], r1["rank"]) == (0, 1)
     losses, single_weights = single
@@ -75,3 +78,22 @@ def test_two_processes_match_one(single, tmp_path, launcher):
     # averaged) would move weights by ~lr = 1e-3 per step; the bound is a tenth of one step (measured: 4.5e-5).
     diff = max((w0[k] - single_weights[k]).abs().max().item() for k in w0)
     assert diff <= 1e-4, diff
+
+
+def test_text_to_image_lora_on_two_processes_matches_one(tiny_sd_dir, captions_dir, tmp_path):
+    """A LoRA text-to-image run (cached latents, caption dropout): 2 processes x 2 images == 1 process x 4."""
+    pytest.importorskip("peft")
+    runs = {}
+    for name, cmd, batch in (("one", [sys.executable], "4"), ("two", _launcher("accelerate"), "2")):
+        out, results = str(tmp_path / name), str(tmp_path / f"results_{name}")
+        os.makedirs(results)
+        runs[name] = _run([*cmd, "-m", "tests.training.dist_script", out, batch, results, tiny_sd_dir, captions_dir],
+                          results)  # fmt: skip
+    ((single, single_weights),) = runs["one"]
+    (r0, w0), (r1, w1) = runs["two"]
+    for r in (r0, r1):
+        assert r["losses"] == pytest.approx(single["losses"], rel=1e-4, abs=1e-6)
+    assert r1["writes"] == [] and os.path.exists(tmp_path / "two" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    lora = [k for k in w0 if "lora_" in k]
+    assert lora and max((w0[k] - single_weights[k]).abs().max().item() for k in lora) <= 1e-4

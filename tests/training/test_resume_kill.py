@@ -14,10 +14,10 @@ from torchdiffusion.training import checkpoint as ckpt
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _start(mode, out):
+def _start(mode, out, *extra):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.training.run_script", mode, out],
+        [sys.executable, "-m", "tests.training.run_script", mode, out, *extra],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -26,15 +26,15 @@ def _start(mode, out):
     )
 
 
-def _run(mode, out):
-    proc = _start(mode, out)
+def _run(mode, out, *extra):
+    proc = _start(mode, out, *extra)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     return output
 
 
-def _kill_when(mode, out, line_start):
-    proc = _start(mode, out)
+def _kill_when(mode, out, line_start, *extra):
+    proc = _start(mode, out, *extra)
     seen = []
     for line in proc.stdout:
         seen.append(line)
@@ -89,3 +89,16 @@ def test_kill_while_writing_a_checkpoint_leaves_a_resumable_latest(straight, tmp
     _run("resume", out)
     _assert_same(_final_weights(straight), _final_weights(out))
     assert not any(".tmp-" in name for name in os.listdir(root))
+
+
+def test_text_to_image_lora_run_killed_after_a_checkpoint_resumes_exactly(tiny_sd_dir, captions_dir, tmp_path):
+    """The same for a LoRA text-to-image run (its checkpoints hold only the adapters; the cache is rebuilt)."""
+    pytest.importorskip("peft")
+    straight, out = str(tmp_path / "straight"), str(tmp_path / "killed")
+    _run("straight", straight, tiny_sd_dir, captions_dir)
+    _kill_when("hang_after_4", out, "SAVED 4", tiny_sd_dir, captions_dir)
+    assert not os.path.exists(os.path.join(out, "pytorch_lora_weights.safetensors"))
+    _run("resume", out, tiny_sd_dir, captions_dir)
+    lora = "pytorch_lora_weights.safetensors"
+    _assert_same(load_file(os.path.join(straight, lora)), load_file(os.path.join(out, lora)))
+    _assert_same(_model_at(straight, 6), _model_at(out, 6))

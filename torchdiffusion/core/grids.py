@@ -422,8 +422,18 @@ def multistep_schedule(
         spacing = "linspace" if style == "singlestep" else config.get("timestep_spacing", "linspace")
         ts = _spaced_timesteps(n, T, T - clipped, spacing, config.get("steps_offset", 0)).astype(np.float64)
     round_ts = style != "dpmsolver" or config.get("beta_schedule") != "squaredcos_cap_v2"
-    if flow:
-        base = np.asarray(sigmas, dtype=np.float64) if sigmas is not None else np.linspace(1, 1 / T, n + 1)[:-1]
+    if flow and kind == "karras" and style == "unipc" and sigmas is None:
+        # Diffusers' UniPC: Karras spacing of the trained (VE) noise levels, then mapped to flow sigmas s / (1 + s)
+        ve = convert_sigmas(kind, train_sigmas[::-1], n, config.get("sigma_min"), config.get("sigma_max"))
+        s = ve / (ve + 1)
+        ts, last = s * T, (s[-1] if final_min else 0.0)
+    elif flow:
+        if sigmas is not None:
+            base = np.asarray(sigmas, dtype=np.float64)
+        elif style == "unipc":
+            base = np.linspace(1, 1 / T, n + 1)[:-1]
+        else:  # Diffusers' DPM-Solver and DEIS: 1 - linspace(1, 1/T) reversed, so the grid starts at 1 - 1/T
+            base = (1.0 - np.linspace(1, 1 / T, n + 1))[::-1][:-1]
         if config.get("use_dynamic_shifting", False):
             if mu is None:
                 raise ValueError("use_dynamic_shifting=True needs set_timesteps(..., mu=...)")

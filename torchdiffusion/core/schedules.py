@@ -88,7 +88,8 @@ def make_betas(
     trained_betas: Sequence[float] | np.ndarray | torch.Tensor | None = None,
     rescale_betas_zero_snr: bool = False,
 ) -> torch.Tensor:
-    """The betas of a training schedule as a float64 tensor of shape ``(num_train_timesteps,)``.
+    """The betas of a training schedule (float32 values, as Diffusers builds them) as a float64 tensor of shape
+    ``(num_train_timesteps,)``.
 
     ``trained_betas`` (if given) wins over ``beta_schedule``; ``rescale_betas_zero_snr`` is applied last.
     Arguments are validated here, so every scheduler gives the same errors.
@@ -110,14 +111,17 @@ def make_betas(
             for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
                 if not (isinstance(v, (int, float)) and 0 <= v < 1):
                     raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+        # The closed-form schedules are evaluated in float32, as Diffusers does: float32 linspace differs from a
+        # rounded float64 one by an ulp here and there, and a 1000-step DDPM loop shows it.
+        f32 = torch.float32
         if beta_schedule == "linear":
-            betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+            betas = torch.linspace(beta_start, beta_end, n, dtype=f32)
         elif beta_schedule == "scaled_linear":  # linear in sqrt(beta): Stable Diffusion's schedule
-            betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=f32) ** 2
         elif beta_schedule == "squaredcos_cap_v2":
             betas = betas_for_alpha_bar(n, alpha_transform_type="cosine")
         elif beta_schedule == "sigmoid":
-            betas = torch.sigmoid(torch.linspace(-6, 6, n, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
+            betas = torch.sigmoid(torch.linspace(-6, 6, n, dtype=f32)) * (beta_end - beta_start) + beta_start
         else:  # exp, laplace
             betas = betas_for_alpha_bar(n, alpha_transform_type=beta_schedule)
     # Betas are rounded to float32, the precision Diffusers stores them in and models were trained with: this
@@ -144,7 +148,8 @@ class TrainedSchedule:
     because those rounded values *are* the noise levels a Diffusers-trained model learned: ``1 - alpha_bar`` at
     small t keeps only a few float32 digits, and recomputing it more precisely would move the noise levels the
     model expects (by up to 1e-3 relative). Everything derived from the table is computed in float64 from these
-    values, except where noted (the multistep schedulers' float32 sigmas, as Diffusers computes them).
+    values, except where noted (the multistep schedulers' float32 sigmas and DDPM's float32 step, as Diffusers
+    computes them).
 
     Attributes (all shape ``(T,)``): ``betas``, ``alphas``, ``alphas_cumprod`` (float32, as Diffusers exposes them;
     float32 also avoids silently promoting users' tensors to float64) and ``betas64``, ``alphas_cumprod64``.

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from .prediction import Coeff
+
 VARIANCE_TYPES: tuple[str, ...] = (
     "fixed_small",
     "fixed_small_log",
@@ -23,22 +25,23 @@ VARIANCE_TYPES: tuple[str, ...] = (
 
 
 # ---- DDPM (Ho et al. 2020) ---------------------------------------------------------------------------------
-def ddpm_posterior_mean(x0: torch.Tensor, sample: torch.Tensor, ab_t: float, ab_s: float) -> torch.Tensor:
+def ddpm_posterior_mean(x0: torch.Tensor, sample: torch.Tensor, ab_t: Coeff, ab_s: Coeff) -> torch.Tensor:
     """Mean of ``q(x_s | x_t, x0)`` (eq. 7), for any earlier step ``s < t`` (so strided grids work):
 
     ``mu = sqrt(ab_s) beta / (1 - ab_t) x0 + sqrt(alpha) (1 - ab_s) / (1 - ab_t) x_t`` with
-    ``alpha = ab_t / ab_s`` and ``beta = 1 - alpha``.
+    ``alpha = ab_t / ab_s`` and ``beta = 1 - alpha``. ``ab_t``/``ab_s`` are floats or 0-d tensors; the
+    coefficients are computed in their precision (Diffusers' DDPM passes float32 tensors).
     """
     alpha = ab_t / ab_s
     beta = 1.0 - alpha
-    c_x0 = math.sqrt(ab_s) * beta / (1.0 - ab_t)
-    c_xt = math.sqrt(alpha) * (1.0 - ab_s) / (1.0 - ab_t)
+    c_x0 = ab_s**0.5 * beta / (1.0 - ab_t)
+    c_xt = alpha**0.5 * (1.0 - ab_s) / (1.0 - ab_t)
     return c_x0 * x0 + c_xt * sample
 
 
 def ddpm_std(
-    variance_type: str | None, ab_t: float, ab_s: float, predicted_variance: torch.Tensor | None = None
-) -> float | torch.Tensor:
+    variance_type: str | None, ab_t: Coeff, ab_s: Coeff, predicted_variance: torch.Tensor | None = None
+) -> Coeff:
     """Standard deviation of the DDPM step noise.
 
     * ``fixed_small`` / ``fixed_small_log`` (and ``None``, as in Diffusers): posterior variance
@@ -49,11 +52,12 @@ def ddpm_std(
       interpolates ``log beta~ .. log beta`` (Nichol & Dhariwal 2021, eq. 15)
     """
     beta = 1.0 - ab_t / ab_s
-    small = max((1.0 - ab_s) / (1.0 - ab_t) * beta, 1e-20)
+    small = (1.0 - ab_s) / (1.0 - ab_t) * beta
+    small = small.clamp(min=1e-20) if isinstance(small, torch.Tensor) else max(small, 1e-20)
     if variance_type in (None, "fixed_small", "fixed_small_log"):
-        return math.sqrt(small)
+        return small**0.5
     if variance_type in ("fixed_large", "fixed_large_log"):
-        return math.sqrt(beta)
+        return beta**0.5
     if predicted_variance is None:
         raise ValueError(
             f"variance_type={variance_type!r} needs a model_output with twice the sample's channels "
@@ -63,7 +67,7 @@ def ddpm_std(
         return predicted_variance.clamp(min=0).sqrt()
     if variance_type == "learned_range":
         frac = (predicted_variance + 1) / 2
-        log_var = frac * math.log(max(beta, 1e-20)) + (1 - frac) * math.log(small)
+        log_var = frac * math.log(max(float(beta), 1e-20)) + (1 - frac) * math.log(float(small))
         return torch.exp(0.5 * log_var)
     raise ValueError(f"variance_type={variance_type!r} is not supported; choose one of {', '.join(VARIANCE_TYPES)}")
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
+from .feature_cache import UNetFeatureCache
 from .layers.activations import ACTIVATIONS
 from .layers.blocks_common import score_sde_groups
 from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
@@ -277,10 +278,14 @@ class UNet2DModel(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float | int,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        feature_cache: UNetFeatureCache | None = None,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         """Predict from ``sample`` ``(B, in_channels, H, W)`` at ``timestep`` (a number, a 0-d / ``(1,)`` tensor, or
         ``(B,)``); ``class_labels`` ``(B,)`` for class-conditional models. Returns :class:`UNet2DOutput` (or a
-        1-tuple with ``return_dict=False``) holding ``(B, out_channels, H, W)``."""
+        1-tuple with ``return_dict=False``) holding ``(B, out_channels, H, W)``. ``feature_cache``: this sampling
+        run's :class:`~torchdiffusion.models.feature_cache.UNetFeatureCache` (between its full calls only the shallow
+        levels run, on the deep features it recorded)."""
         if not torch.is_tensor(sample) or sample.ndim != 4 or sample.shape[1] != self.config.in_channels:
             shape = tuple(sample.shape) if torch.is_tensor(sample) else type(sample).__name__
             raise ValueError(
@@ -293,20 +298,30 @@ class UNet2DModel(ModelMixin, ConfigMixin):
 
         if use_channels_last(sample):
             sample = sample.contiguous(memory_format=torch.channels_last)
+        deep = None if feature_cache is None else feature_cache.lookup(self, sample)
+        live = len(self.down_blocks) if feature_cache is None else feature_cache.depth
+        first_live_up = len(self.up_blocks) - live
         skip_sample = sample
         sample = conv2d(self.conv_in, sample)
         skips: tuple[torch.Tensor, ...] = (sample,)
-        for block in self.down_blocks:
+        for block in self.down_blocks if deep is None else self.down_blocks[:live]:
             if getattr(block, "skip_conv", None) is not None or hasattr(block, "resnet_down"):
                 sample, res, skip_sample = block(sample, emb, skip_sample)
             else:
                 sample, res = block(sample, emb)
             skips += res
-        if self.mid_block is not None:
-            sample = self.mid_block(sample, emb)
+        if deep is not None:  # cached call: the recorded deep features replace mid block and deep up blocks
+            (sample, skip_sample), skips = deep, skips[: feature_cache.skips_needed(self)]
+        else:
+            skip_sample = None
+            if self.mid_block is not None:
+                sample = self.mid_block(sample, emb)
 
-        skip_sample = None
-        for block in self.up_blocks:
+        for i, block in enumerate(self.up_blocks):
+            if deep is not None and i < first_live_up:
+                continue
+            if feature_cache is not None and deep is None and i == first_live_up:
+                feature_cache.store(sample, skip_sample)
             res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
             if hasattr(block, "resnet_up"):
                 sample, skip_sample = block(sample, res, emb, skip_sample)

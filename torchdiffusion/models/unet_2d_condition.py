@@ -16,6 +16,7 @@ from torch import nn
 
 from ..configuration import ConfigMixin, register_to_config
 from ..utils.outputs import BaseOutput
+from .feature_cache import UNetFeatureCache
 from .layers.activations import get_activation
 from .layers.cpu_kernels import conv2d, group_norm_act, use_channels_last
 from .layers.embeddings import TimestepEmbedding, Timesteps
@@ -247,6 +248,8 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
         down_intrablock_additional_residuals: tuple[torch.Tensor, ...] | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        feature_cache: UNetFeatureCache | None = None,
     ) -> UNet2DConditionOutput | tuple[torch.Tensor]:
         """Predict from ``sample`` ``(B, in_channels, H, W)`` at ``timestep`` (scalar, ``(1,)`` or ``(B,)``) given
         ``encoder_hidden_states`` ``(B, M, cross_attention_dim)``.
@@ -254,7 +257,9 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
         ``attention_mask`` / ``encoder_attention_mask``: ``(B, M)`` keep(1)/discard(0) masks over the context
         tokens. ``added_cond_kwargs`` (SDXL, ``addition_embed_type="text_time"``): ``text_embeds`` ``(B, D)`` and
         ``time_ids`` ``(B, k)``. ``down_block_additional_residuals`` + ``mid_block_additional_residual``:
-        ControlNet residuals, added to the skip tensors and the mid-block output.
+        ControlNet residuals, added to the skip tensors and the mid-block output. ``feature_cache``: this sampling
+        run's :class:`~torchdiffusion.models.feature_cache.UNetFeatureCache`; between its full calls only the
+        shallow levels run, on the deep features it recorded.
         """
         check_forward_inputs(
             self,
@@ -292,9 +297,12 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
 
         if use_channels_last(sample):  # NHWC feature maps inside: oneDNN's fast convolutions, free token views
             sample = sample.contiguous(memory_format=torch.channels_last)
+        deep = None if feature_cache is None else feature_cache.lookup(self, sample)
+        live = len(self.down_blocks) if feature_cache is None else feature_cache.depth
+        first_live_up = len(self.up_blocks) - live
         sample = conv2d(self.conv_in, sample)
         skips: tuple[torch.Tensor, ...] = (sample,)
-        for block in self.down_blocks:
+        for block in self.down_blocks if deep is None else self.down_blocks[:live]:
             if getattr(block, "has_cross_attention", False):
                 extra = {"additional_residuals": intrablock.pop(0)} if intrablock else {}
                 sample, res = block(sample, emb, **context, **extra)
@@ -305,18 +313,23 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
             skips += res
         if is_controlnet:
             skips = tuple(s + r for s, r in zip(skips, down_block_additional_residuals))
-
-        if self.mid_block is not None:
+        if deep is not None:  # cached call: the recorded deep features replace mid block and deep up blocks
+            sample, skips = deep[0], skips[: feature_cache.skips_needed(self)]
+        elif self.mid_block is not None:
             if getattr(self.mid_block, "has_cross_attention", False):
                 sample = self.mid_block(sample, emb, **context)
             else:
                 sample = self.mid_block(sample, emb)
             if intrablock and sample.shape == intrablock[0].shape:
                 sample = sample + intrablock.pop(0)
-        if is_controlnet:
+        if is_controlnet and deep is None:
             sample = sample + mid_block_additional_residual
 
         for i, block in enumerate(self.up_blocks):
+            if deep is not None and i < first_live_up:
+                continue
+            if feature_cache is not None and deep is None and i == first_live_up:
+                feature_cache.store(sample)
             res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
             upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(self.up_blocks) - 1 else None
             if getattr(block, "has_cross_attention", False):

@@ -17,6 +17,7 @@ from ..utils.images import check_output_type, postprocess
 from ..utils.torch_utils import GeneratorArg, check_generator, randn_tensor
 from .denoise import check_finite_number, check_positive_int, denoise, fresh_scheduler, set_timesteps
 from .pipeline import DiffusionPipeline, ImagePipelineOutput
+from .speed_options import check_speed_options, feature_cache_for, last_guided_step, unet_cache_kwargs
 
 
 class ClassConditionalPipeline(DiffusionPipeline):
@@ -98,12 +99,17 @@ class ClassConditionalPipeline(DiffusionPipeline):
         eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
+        cache_interval: int | None = None,
+        cache_depth: int = 1,
+        guidance_end: float = 1.0,
     ) -> ImagePipelineOutput | tuple:
         """Generate one image per entry of ``class_labels`` (ints, or names when ``id2label`` is known).
 
         ``guidance_scale`` > 1 follows the class harder (needs ``null_class_label``); 1 disables guidance.
         ``generator``: one ``torch.Generator`` or one per image. ``eta`` is passed to schedulers that take it
-        (DDIM). Output as in :class:`DDPMPipeline`.
+        (DDIM). Output as in :class:`DDPMPipeline`. Speed options (off by default): ``cache_interval`` /
+        ``cache_depth`` (UNet feature caching, as in :class:`DDPMPipeline`) and ``guidance_end`` (guidance for
+        steps 0 .. int(guidance_end * steps), the conditional branch alone after that).
         """
         labels = self._class_tensor(class_labels)
         batch_size = len(labels)
@@ -111,6 +117,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         check_positive_int(num_inference_steps, "num_inference_steps")
         check_generator(generator, batch_size)
         check_output_type(output_type)
+        check_speed_options(cache_interval, cache_depth, guidance_end, self.unet)
         null = self.config.get("null_class_label")
         guided = guidance_scale != 1.0
         if guided and null is None:
@@ -127,11 +134,16 @@ class ClassConditionalPipeline(DiffusionPipeline):
         x = randn_tensor(shape, generator, device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
         labels = labels.to(device)
         model_labels = torch.cat([torch.full_like(labels, null), labels]) if guided else labels
+        cache = feature_cache_for(cache_interval, cache_depth)  # this call's own
+        last_guided = last_guided_step(len(scheduler.timesteps), guidance_end)
+        step = iter(range(len(scheduler.timesteps)))
 
         def predict(x_in: torch.Tensor, t: torch.Tensor, state: dict) -> torch.Tensor:
-            if not guided:
-                return unet(x_in, t, class_labels=model_labels).sample
-            out = unet(torch.cat([x_in, x_in]), t, class_labels=model_labels).sample
+            if not guided or next(step) > last_guided:
+                if cache is not None:
+                    cache.keep_last_rows(batch_size)  # the conditional half once guidance stopped
+                return unet(x_in, t, class_labels=labels, **unet_cache_kwargs(cache)).sample
+            out = unet(torch.cat([x_in, x_in]), t, class_labels=model_labels, **unet_cache_kwargs(cache)).sample
             uncond, cond = out.chunk(2)
             return classifier_free_guidance(uncond, cond, guidance_scale)
 

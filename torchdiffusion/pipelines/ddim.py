@@ -29,8 +29,11 @@ class DDIMPipeline(DDPMPipeline):
         use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cache_interval: int | None = None,
+        cache_depth: int = 1,
     ) -> ImagePipelineOutput | tuple:
-        """Generate ``batch_size`` images in ``num_inference_steps`` DDIM steps (``eta=0``: deterministic)."""
+        """Generate ``batch_size`` images in ``num_inference_steps`` DDIM steps (``eta=0``: deterministic).
+        ``cache_interval`` / ``cache_depth``: UNet feature caching, as in :meth:`DDPMPipeline.__call__`."""
         check_finite_number(eta, "eta", minimum=0.0)
         return self._run(
             batch_size,
@@ -38,6 +41,7 @@ class DDIMPipeline(DDPMPipeline):
             num_inference_steps,
             output_type,
             return_dict,
+            (cache_interval, cache_depth),
             eta=eta,
             use_clipped_model_output=use_clipped_model_output,
         )

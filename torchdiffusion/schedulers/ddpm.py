@@ -83,8 +83,10 @@ class DDPMScheduler(PreviousTimestepMixin, AlphaBarSchedulerMixin, SchedulerMixi
         if model_output.shape[1] != sample.shape[1]:
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
 
-        # 1. noise levels: alpha_bar at t and at the previous timestep s (1 after the last step)
-        ab_t, ab_s = self.schedule.alpha_bar(t), self.schedule.alpha_bar(s)
+        # 1. noise levels: alpha_bar at t and at the previous timestep s (1 after the last step), as float32
+        #    0-d tensors: Diffusers computes the step's coefficients in float32, and a 1000-step loop shows it
+        ab_t = self.alphas_cumprod[t]
+        ab_s = self.alphas_cumprod[s] if s >= 0 else self.one
         # 2. x0 estimate from the model output, then clipping / thresholding
         x0, _ = P.to_x0_eps(model_output, sample, ab_t**0.5, (1 - ab_t) ** 0.5, self.config.prediction_type)
         x0 = P.process_x0(x0, self.config)

@@ -77,7 +77,7 @@ class DPMSolverSinglestepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps=None, device=None, mu=None, timesteps=None, sigmas=None) -> None:
         """Choose the grid (``num_inference_steps``, custom ``timesteps`` or ``sigmas``) and the order of each step."""
-        super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu)
+        super().set_timesteps(num_inference_steps, device, mu=mu, timesteps=timesteps, sigmas=sigmas)
         cfg, n = self.config, self.num_inference_steps
         final_zero = float(self.sigmas[-1]) == 0.0
         lof = cfg.lower_order_final or n % cfg.solver_order != 0 or final_zero

@@ -40,6 +40,7 @@ class EDMEulerScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixin):
     """
 
     _compatibles: list[str] = []
+    _integer_timestep_is_index = True  # as in Diffusers: step(out, 999, x) is refused
     order = 1
 
     @register_to_config

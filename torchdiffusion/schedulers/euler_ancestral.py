@@ -25,6 +25,7 @@ class EulerAncestralDiscreteScheduler(KarrasSigmaMixin, SchedulerMixin, ConfigMi
     """
 
     _compatibles = KARRAS_COMPATIBLES
+    _integer_timestep_is_index = True  # as in Diffusers: step(out, 999, x) is refused
     order = 1
 
     @register_to_config

@@ -31,6 +31,7 @@ class FlowMatchEulerDiscreteScheduler(SigmaStepMixin, SchedulerMixin, ConfigMixi
     """
 
     _compatibles: list[str] = []
+    _integer_timestep_is_index = True  # as in Diffusers: step(out, 999, x) is refused
     order = 1
     init_noise_sigma = 1.0
 

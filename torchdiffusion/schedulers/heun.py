@@ -43,7 +43,7 @@ class HeunDiscreteScheduler(KarrasSigmaMixin, SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
     ):
         self._init_sigmas()
-        self.set_timesteps(num_train_timesteps)
+        self.set_timesteps(len(self.schedule))  # trained_betas may hold fewer levels than num_train_timesteps
         self.num_inference_steps = None
 
     def set_timesteps(

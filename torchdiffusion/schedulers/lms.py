@@ -67,10 +67,11 @@ class LMSDiscreteScheduler(KarrasSigmaMixin, SchedulerMixin, ConfigMixin):
         # 1. denoised estimate and ODE slope; keep the last `order` slopes
         x0 = P.x0_from_ve(model_output, sample, sigma, self.config.prediction_type)
         self.derivatives = (self.derivatives + [S.to_d(sample, x0, sigma)])[-order:]
-        # 2. multistep combination, lower order while the history fills up
-        k = min(i + 1, order, len(self.derivatives))
+        # 2. multistep combination of order min(i + 1, order), as Diffusers does: a run started part-way
+        #    (image-to-image) has fewer stored slopes than that, and uses the leading weights of the full formula
+        k = min(i + 1, order)
         coeffs = S.lms_coefficients(self._sig, i, k)
-        prev = sample + sum(c * d for c, d in zip(coeffs, reversed(self.derivatives[-k:])))
+        prev = sample + sum(c * d for c, d in zip(coeffs, reversed(self.derivatives)))
         self._step_index = i + 1
         if not return_dict:
             return prev, x0

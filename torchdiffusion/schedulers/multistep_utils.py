@@ -89,9 +89,9 @@ class MultistepMixin(StepIndexMixin, TrainedScheduleMixin):
         self,
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
+        mu: float | None = None,
         timesteps: Any = None,
         sigmas: Any = None,
-        mu: float | None = None,
     ) -> None:
         """Choose the grid: ``num_inference_steps``, custom ``timesteps`` (descending ints) or custom ``sigmas``
         (descending noise levels ending with the final one, e.g. ``core.grids.named_sigmas`` + ``[0]``)."""

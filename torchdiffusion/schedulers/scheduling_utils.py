@@ -154,8 +154,8 @@ def check_config(config) -> None:
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
         raise ValueError(f"steps_offset must be an int >= 0, got {offset!r}")
     ratio = config.get("dynamic_thresholding_ratio", 0.995)
-    if not 0 < ratio <= 1:
-        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio!r}")
+    if not 0 <= ratio <= 1:  # a quantile; 0 (the smallest |x0|, then clamped to >= 1) is Diffusers-valid
+        raise ValueError(f"dynamic_thresholding_ratio must be in [0, 1], got {ratio!r}")
     for key in ("clip_sample_range", "sample_max_value"):
         if key in config and not config[key] > 0:
             raise ValueError(f"{key} must be > 0, got {config[key]!r}")

@@ -56,9 +56,14 @@ class SigmaStepMixin(StepIndexMixin):
     """Sampling in ``x = x0 + sigma eps`` form over ``self.sigmas`` (Python floats in ``self._sig``), one entry per
     model call plus the final level: argument checks for ``step``, ``add_noise`` and ``get_velocity``."""
 
+    # Diffusers' Euler-type schedulers refuse an integer timestep in ``step`` (almost always an ``enumerate`` index);
+    # the others (Heun, LMS, KDPM2, ...) look it up like a float, so ``step(out, 999, x)`` finds ``999.0``.
+    _integer_timestep_is_index = False
+
     def _begin_step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> int:
         """Validate ``step`` arguments; return the step index."""
-        reject_integer_index(timestep, type(self).__name__)
+        if self._integer_timestep_is_index:
+            reject_integer_index(timestep, type(self).__name__)
         P.check_same_shape(model_output, sample)
         return self._index_for_step(timestep)
 
@@ -181,7 +186,7 @@ class DPM2Base(KarrasSigmaMixin, SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
     ):
         self._init_sigmas()
-        self.set_timesteps(num_train_timesteps)
+        self.set_timesteps(len(self.schedule))  # trained_betas may hold fewer levels than num_train_timesteps
         self.num_inference_steps = None
 
     def _midpoints(self, sig: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     _compatibles = KARRAS_COMPATIBLES
     order = 1
     _style = "unipc"
-    ignore_for_config = ["solver_p"]
+    ignore_for_config = ["solver_p"]  # an object; the config records it as None (Diffusers writes null)
 
     @register_to_config
     def __init__(
@@ -65,6 +65,7 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
         if shift_terminal is not None and not use_flow_sigmas:
             raise ValueError("shift_terminal is only supported with use_flow_sigmas=True")
         self.solver_p = solver_p
+        self.register_to_config(solver_p=None)
         self.disable_corrector = list(disable_corrector or [])
         self.predict_x0 = predict_x0
         self._init_multistep()
@@ -75,7 +76,7 @@ class UniPCMultistepScheduler(MultistepMixin, SchedulerMixin, ConfigMixin):
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, sigmas: Any = None,
                       mu: float | None = None, timesteps: Any = None) -> None:  # fmt: skip
         """Choose the grid (``num_inference_steps``, custom ``sigmas`` or ``timesteps``); resets the history."""
-        super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu)
+        super().set_timesteps(num_inference_steps, device, mu=mu, timesteps=timesteps, sigmas=sigmas)
         self.last_sample, self.this_order = None, 0
         if self.solver_p is not None:
             self.solver_p.set_timesteps(self.num_inference_steps, device=device)

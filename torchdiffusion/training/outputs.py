@@ -55,6 +55,19 @@ def write_sample_grid(images: torch.Tensor, output_dir: str, step: int, cols: in
     save_image(grid, os.path.join(output_dir, "samples.png"))
 
 
+def log_grid(accelerator: Any, images: torch.Tensor, step: int, name: str = "validation") -> None:
+    """Send ``images`` ``(N, C, H, W)`` in [-1, 1] to the run's accelerate trackers, as Diffusers' scripts do:
+    TensorBoard ``add_images`` (NHWC uint8), W&B a list of ``wandb.Image``."""
+    array = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    for tracker in getattr(accelerator, "trackers", ()):
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images(name, array, step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({name: [wandb.Image(a) for a in array]}, step=step)
+
+
 def write_log(
     output_dir: str,
     losses: Sequence[float],
@@ -78,11 +91,14 @@ def write_log(
     )  # fmt: skip
 
 
-def push_pipeline(pipe: Any, output_dir: str, step: int, config: Any) -> Any:
-    """Upload ``pipe`` (``model_index.json``, ``unet/``, ``scheduler/``; not the checkpoints or sample grids) to
-    ``config.hub_model_id`` (default: the output folder's name), private if ``config.hub_private_repo``."""
+def push_output(save: Any, output_dir: str, step: int, config: Any) -> Any:
+    """Upload what ``save(folder)`` writes (the run's output: a pipeline folder, or a LoRA file and its card; not
+    the checkpoints) to ``config.hub_model_id`` (default: the output folder's name), private if
+    ``config.hub_private_repo``."""
+    from ..hub import push_to_hub
+
     repo_id = config.hub_model_id or os.path.basename(os.path.normpath(output_dir))
-    return pipe.push_to_hub(
-        repo_id, commit_message=f"torchdiffusion train: step {step}", private=config.hub_private_repo,
+    return push_to_hub(
+        save, repo_id, commit_message=f"torchdiffusion train: step {step}", private=config.hub_private_repo,
         token=config.hub_token,
     )  # fmt: skip

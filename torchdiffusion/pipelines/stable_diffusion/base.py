@@ -20,6 +20,7 @@ import torch
 
 from ...core.guidance import classifier_free_guidance, rescale_guidance
 from ...image_processor import VaeImageProcessor
+from ...loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 from ...utils.images import check_output_type
 from ...utils.torch_utils import check_generator, randn_tensor
 from ..denoise import (
@@ -32,6 +33,13 @@ from ..denoise import (
     strength_timesteps,
 )
 from ..pipeline import DiffusionPipeline
+from ..speed_options import (
+    check_speed_options,
+    conditional_rows,
+    feature_cache_for,
+    last_guided_step,
+    unet_cache_kwargs,
+)
 from .call import SDCall, call_property, enter_call, exit_call
 from .latent_images import LatentImagesMixin
 from .prompts import PromptEncodingMixin, check_prompt_arguments
@@ -78,7 +86,7 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: t
     return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
 
 
-class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipeline):
+class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, StableDiffusionLoraLoaderMixin, DiffusionPipeline):
     """Base of the Stable Diffusion pipelines. ``safety_checker``, ``feature_extractor`` and ``image_encoder``
     are optional (None); ``image_encoder`` is kept for folder compatibility only (no IP-Adapter here)."""
 
@@ -185,6 +193,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
         check_finite_number(call.guidance_rescale, "guidance_rescale", 0.0, 1.0)
         check_positive_int(call.num_images_per_prompt, "num_images_per_prompt")
         check_finite_number(call.eta, "eta", 0.0)
+        check_speed_options(call.cache_interval, call.cache_depth, call.guidance_end, self.unet)
         call.batch_size = batch * call.num_images_per_prompt
         check_generator(call.generator, call.batch_size)
         check_output_type(call.output_type, OUTPUT_TYPES)
@@ -227,6 +236,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
             call.negative_prompt,
             prompt_embeds=call.prompt_embeds,
             negative_prompt_embeds=call.negative_prompt_embeds,
+            lora_scale=(call.cross_attention_kwargs or {}).get("scale"),
             clip_skip=call.clip_skip,
         )
         scheduler = call.scheduler = fresh_scheduler(self.scheduler)
@@ -239,6 +249,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
             steps, call.begin_index = strength_timesteps(scheduler, n, call.strength)
         call.timesteps = steps
         call.num_timesteps = len(steps)
+        call.feature_cache = feature_cache_for(call.cache_interval, call.cache_depth)
         return {
             "prompt_embeds": torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds,
             "negative_prompt_embeds": negative_prompt_embeds,
@@ -327,23 +338,37 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
     ) -> Callable:
         """The ``predict(x, t, state)`` for :func:`denoise`: the UNet on ``x`` (doubled for classifier-free
         guidance, ``extra_inputs`` from ``state`` appended as channels), then guidance and guidance rescale with
-        ``call``'s values (read every step: a callback may change them)."""
+        ``call``'s values (read every step: a callback may change them). Steps after ``call.guidance_end`` (or once
+        a callback set the guidance scale to <= 1) run the conditional rows alone; ``call.feature_cache`` (when
+        set) goes to the UNet."""
         unet = self.unet
         time_cond = unet.config.get("time_cond_proj_dim") is not None
+        cache = call.feature_cache
+        last_guided = last_guided_step(call.num_timesteps, call.guidance_end)
+        seen = {"step": 0, "guided": None}  # this call's step index; conditional embeddings of the last guided step
 
         def predict(x: torch.Tensor, t: torch.Tensor, state: dict) -> torch.Tensor:
-            scale = call.guidance_scale
-            cfg = scale > 1 and not time_cond  # read every step: a callback may switch guidance off
-            x_in = torch.cat([x, x]) if cfg else x
-            if extra_inputs:
-                x_in = torch.cat([x_in, *(state[k] for k in extra_inputs)], dim=1)
+            step, seen["step"] = seen["step"], seen["step"] + 1
+            scale = call.guidance_scale  # read every step: a callback may switch guidance off
+            cfg = scale > 1 and not time_cond and step <= last_guided
+            embeds, extras, rows = state["prompt_embeds"], [state[k] for k in extra_inputs], x.shape[0]
+            if cfg:
+                x_in, seen["guided"] = torch.cat([x, x]), embeds[rows:]
+            else:  # the conditional branch alone: half the batch of a guided step
+                x_in, embeds = x, conditional_rows(embeds, rows, seen["guided"])
+                extras = [conditional_rows(e, rows) for e in extras]
+                if cache is not None:
+                    cache.keep_last_rows(rows)
+            if extras:
+                x_in = torch.cat([x_in, *extras], dim=1)
             out = unet(
                 x_in,
                 t,
-                encoder_hidden_states=state["prompt_embeds"],
+                encoder_hidden_states=embeds,
                 timestep_cond=timestep_cond,
                 cross_attention_kwargs=call.cross_attention_kwargs,
                 return_dict=False,
+                **unet_cache_kwargs(cache),
             )[0]
             if not cfg:
                 return out

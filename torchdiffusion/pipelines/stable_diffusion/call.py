@@ -39,7 +39,12 @@ class SDCall:
     inputs of image-to-image and inpainting: tensors (batch, channels, height, width)). The rest is filled in
     while the call runs: ``batch_size`` (prompts x images per prompt), ``scheduler`` (this call's private copy),
     ``timesteps`` (the steps it runs), ``begin_index`` (where in the scheduler's grid image-to-image starts),
-    ``num_timesteps`` (how many steps) and ``interrupt`` (set by a callback to stop early).
+    ``num_timesteps`` (how many steps), ``interrupt`` (set by a callback to stop early) and ``feature_cache`` (this
+    call's :class:`~torchdiffusion.models.feature_cache.UNetFeatureCache` when ``cache_interval`` is set).
+
+    The speed options: ``cache_interval``/``cache_depth`` (UNet feature caching, see
+    :mod:`torchdiffusion.models.feature_cache`) and ``guidance_end`` (the fraction of the steps that run
+    classifier-free guidance; the conditional branch alone after that).
     """
 
     prompt: str | list[str] | None = None
@@ -67,6 +72,9 @@ class SDCall:
     clip_skip: int | None = None
     callback_on_step_end: Callable[..., dict] | None = None
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
+    cache_interval: int | None = None
+    cache_depth: int = 1
+    guidance_end: float = 1.0
     # filled in by the call's steps
     batch_size: int = 0
     scheduler: Any = None
@@ -74,6 +82,7 @@ class SDCall:
     begin_index: int | None = None
     num_timesteps: int = 0
     interrupt: bool = False
+    feature_cache: Any = None
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> SDCall:

@@ -46,6 +46,9 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionMixin):
         clip_skip: int | None = None,
         callback_on_step_end: Callable[..., dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        cache_interval: int | None = None,
+        cache_depth: int = 1,
+        guidance_end: float = 1.0,
     ) -> StableDiffusionPipelineOutput | tuple:
         """Repaint ``image`` (PIL, numpy (H, W, 3) in [0, 1], tensor (3, H, W) in [0, 1], a batch or list of them,
         or latents (batch, 4, h, w)) following ``prompt``. ``strength`` in [0, 1]: how much of the schedule is

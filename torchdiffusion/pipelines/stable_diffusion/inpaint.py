@@ -58,6 +58,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionMixin):
         clip_skip: int | None = None,
         callback_on_step_end: Callable[..., dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        cache_interval: int | None = None,
+        cache_depth: int = 1,
+        guidance_end: float = 1.0,
     ) -> StableDiffusionPipelineOutput | tuple:
         """Repaint where ``mask_image`` is white (>= 0.5) and keep the rest of ``image``.
 

@@ -47,6 +47,9 @@ class StableDiffusionPipeline(StableDiffusionMixin):
         clip_skip: int | None = None,
         callback_on_step_end: Callable[..., dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        cache_interval: int | None = None,
+        cache_depth: int = 1,
+        guidance_end: float = 1.0,
     ) -> StableDiffusionPipelineOutput | tuple:
         """Generate images for ``prompt`` (one string or a list).
 
@@ -57,6 +60,10 @@ class StableDiffusionPipeline(StableDiffusionMixin):
         a custom grid instead of ``num_inference_steps``. ``output_type``: "pil", "np" (batch, H, W, 3),
         "pt" (batch, 3, H, W) or "latent". ``callback_on_step_end(pipe, i, t, tensors) -> dict`` sees (and may
         replace) the tensors named in ``callback_on_step_end_tensor_inputs``.
+        Speed options (all off by default): ``cache_interval=N`` runs the whole UNet every N-th step and, in
+        between, only its ``cache_depth`` shallowest levels on the deep features of the last full step (UNet
+        feature caching); ``guidance_end=f`` runs classifier-free guidance for steps 0 .. int(f * steps) and the
+        conditional branch alone (half the UNet batch) after that, as Diffusers' ``SDCFGCutoffCallback``.
         Returns :class:`StableDiffusionPipelineOutput` (or ``(images, nsfw_content_detected)``).
         """
         call = SDCall.from_arguments(locals())
