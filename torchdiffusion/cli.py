@@ -28,7 +28,8 @@ def _channels(text: str) -> tuple[int, ...]:
 def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
     data = p.add_argument_group("data and model")
     if not demo:
-        data.add_argument("--dataset", default="digits", help="'digits' (built in), a folder of images, or a Hub name")
+        data.add_argument("--dataset", default="digits",
+                          help="'digits' or 'captioned-digits' (built in), an image folder, or a Hub name")  # fmt: skip
         data.add_argument("--resolution", type=int, default=16)
         data.add_argument("--class-conditional", action="store_true", help="condition on labels (digits, subfolders)")
         data.add_argument("--random-flip", action=argparse.BooleanOptionalAction, default=None,

@@ -21,7 +21,7 @@ import torch
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")
 """File name endings an image folder is searched for (case-insensitive)."""
 
-EMBEDDED_DATASETS: tuple[str, ...] = ("digits",)
+EMBEDDED_DATASETS: tuple[str, ...] = ("digits", "captioned-digits")
 
 
 def mix_seed(*parts: Any) -> int:

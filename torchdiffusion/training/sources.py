@@ -1,5 +1,5 @@
 """Where training images come from: ``load_training_dataset`` picks the data set for a source (the embedded
-digits, a folder of images, a Hugging Face data set)."""
+digits and captioned digits, a folder of images, a Hugging Face data set)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def load_training_dataset(
     labels: bool = False,
     **hub_kwargs: Any,
 ) -> TrainingDataset:
-    """Pick the data set for ``source``: ``"digits"``, a folder of images, a Hugging Face data set name
+    """Pick the data set for ``source``: ``"digits"``, ``"captioned-digits"`` (:mod:`.captioned_digits`, the
+    training split at ``resolution``), a folder of images, a Hugging Face data set name
     (``"imagefolder"`` with ``data_dir=``...: ``hub_kwargs`` go to :class:`HubImageDataset`), or a
     ``datasets.Dataset`` / ``DatasetDict`` object.
 
@@ -43,6 +44,11 @@ def load_training_dataset(
             f"got {type(source).__name__}"
         )
     source = os.fspath(source)
+    if source == "captioned-digits" and not os.path.isdir(source):
+        from .captioned_digits import CaptionedDigitsDataset  # coloured digits + captions (training split)
+
+        return CaptionedDigitsDataset(resolution=resolution, channels=3 if channels is None else channels,
+                                      random_flip=bool(random_flip))  # fmt: skip
     if source in EMBEDDED_DATASETS and not os.path.isdir(source):
         flip = bool(random_flip) if random_flip is not None else False
         return DigitsDataset(resolution, 1 if channels is None else channels, random_flip=flip)
