@@ -118,7 +118,7 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert "training.trainer" in graph["training.recipes"]  # from .trainer import Trainer, inside train()
-    assert "pipelines.generate" in graph["training.trainer"]  # inside Trainer._sample_grid
+    assert "pipelines.generate" in graph["training.tasks"]  # inside PixelTask.sample_grid
     assert "training.checkpoint" in graph["training.trainer"]  # from . import checkpoint as ckpt
 
 

@@ -11,7 +11,7 @@ def _run(code: str) -> str:
 def test_import_is_light():
     out = _run(
         "import sys, torchdiffusion; heavy = [m for m in ('transformers', 'accelerate', 'diffusers', "
-        "'torchdiffusion.models.unet_2d', 'huggingface_hub', 'safetensors') if m in sys.modules]; print(heavy)"
+        "'torchdiffusion.models.unet_2d', 'huggingface_hub', 'safetensors', 'peft') if m in sys.modules]; print(heavy)"
     )
     assert out == "[]"
 

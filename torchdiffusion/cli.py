@@ -3,6 +3,9 @@
 torchdiffusion demo                                   # ~2 minutes on a laptop CPU: digits, grid, loss plot
 torchdiffusion train --dataset digits --resolution 16 --steps 1500 --output-dir runs/digits
 torchdiffusion generate runs/digits --num-images 16 --scheduler sde-dpm++ --steps 25 --out grid.png
+torchdiffusion train --pretrained SD_FOLDER_OR_ID --dataset captions/ --lora-rank 8 --output-dir runs/lora \
+    --validation-prompt "a red fox"                   # text-to-image fine-tuning (full without --lora-rank)
+torchdiffusion generate SD_FOLDER "a red fox" --lora runs/lora --lora-scale 0.8 --out fox.png
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
     if not demo:
         data.add_argument("--dataset", default="digits",
                           help="'digits' or 'captioned-digits' (built in), an image folder, or a Hub name")  # fmt: skip
-        data.add_argument("--resolution", type=int, default=16)
+        data.add_argument("--resolution", type=int, default=None,
+                          help="image size (default 16; text-to-image: the UNet's sample size x 8)")  # fmt: skip
         data.add_argument("--class-conditional", action="store_true", help="condition on labels (digits, subfolders)")
         data.add_argument("--random-flip", action=argparse.BooleanOptionalAction, default=None,
                           help="flip images left-right (default: on, off for digits)")  # fmt: skip
@@ -40,15 +44,17 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
     run = p.add_argument_group("training")
     run.add_argument("--output-dir", default="outputs/demo" if demo else None, required=not demo)
     run.add_argument("--steps", type=int, default=1500, help="optimizer steps (at most)" if demo else "optimizer steps")
-    run.add_argument("--batch-size", type=int, default=32 if demo else 64, help="images per step and process")
+    run.add_argument("--batch-size", type=int, default=32 if demo else None,
+                     help="images per step and process (default 64; text-to-image 16)")  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     if demo:
         run.add_argument("--minutes", type=float, default=2.0, help="time budget for training")
         return
-    run.add_argument("--learning-rate", type=float, default=1e-3)
-    run.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="cosine")
-    run.add_argument("--lr-warmup-steps", type=int, default=100)
+    run.add_argument("--learning-rate", type=float, default=None, help="default 1e-3; text-to-image 1e-4")
+    run.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default=None,
+                     help="default cosine; text-to-image constant")  # fmt: skip
+    run.add_argument("--lr-warmup-steps", type=int, default=None, help="default 100; text-to-image 0")
     run.add_argument("--gradient-accumulation-steps", type=int, default=1)
     run.add_argument("--max-grad-norm", type=float, default=1.0)
     run.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default=None)
@@ -56,7 +62,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
     run.add_argument("--snr-gamma", type=float, default=5.0)
     run.add_argument("--noise-offset", type=float, default=0.0)
     run.add_argument("--class-dropout-prob", type=float, default=0.1)
-    run.add_argument("--ema-decay", type=float, default=0.999)
+    run.add_argument("--ema-decay", type=float, default=None, help="default 0.999; text-to-image 0.9999")
     run.add_argument("--no-ema", action="store_true")
     run.add_argument("--beta-schedule", default="squaredcos_cap_v2")
     run.add_argument("--checkpointing-steps", type=int, default=500)
@@ -71,6 +77,24 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
         run.add_argument("--push-to-hub", action="store_true", help="upload the final pipeline folder to the Hub")
         run.add_argument("--hub-model-id", default=None, help="Hub repository id (default: the output folder's name)")
         run.add_argument("--hub-private-repo", action="store_true")
+        run.add_argument("--report-to", choices=("tensorboard", "wandb"), default=None,
+                         help="log through accelerate's tracker (the package must be installed)")  # fmt: skip
+        _add_text_to_image_arguments(p)
+
+
+def _add_text_to_image_arguments(p: argparse.ArgumentParser) -> None:
+    t2i = p.add_argument_group("text-to-image fine-tuning (with --pretrained)")
+    t2i.add_argument("--pretrained", default=None, help="a Stable Diffusion pipeline folder or Hub id to fine-tune")
+    t2i.add_argument("--caption-column", default=None, help="caption key of metadata.jsonl / data set column (text)")
+    t2i.add_argument("--image-column", default=None, help="image column of a datasets data set")
+    t2i.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank (default: full)")
+    t2i.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    t2i.add_argument("--train-text-encoder", action="store_true", help="LoRA adapters on the text encoder too")
+    t2i.add_argument("--no-cache-latents", action="store_true", help="encode images and captions every step")
+    t2i.add_argument("--caption-dropout-prob", type=float, default=0.0, help="share of captions made empty (CFG)")
+    t2i.add_argument("--validation-prompt", action="append", default=[], help="a prompt of the validation grid "
+                     "(repeat for more), drawn every --sample-steps")  # fmt: skip
+    t2i.add_argument("--num-validation-images", type=int, default=4, help="images per validation prompt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,45 +109,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     gen = sub.add_parser("generate", help="sample images from a pipeline folder into a grid PNG")
     gen.add_argument("pipeline", help="a pipeline folder (e.g. what `train` wrote) or Hub id")
-    gen.add_argument("--num-images", type=int, default=16)
-    gen.add_argument("--scheduler", choices=sorted(SAMPLERS), default=DEFAULT_SAMPLER)
+    gen.add_argument("prompt", nargs="?", default=None, help="the prompt (text-to-image pipelines)")
+    gen.add_argument("--num-images", type=int, default=None, help="default 16; text-to-image 1")
+    gen.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None,
+                     help=f"sampler (default {DEFAULT_SAMPLER}; text-to-image: the pipeline's own)")  # fmt: skip
+    gen.add_argument("--lora", default=None, help="a LoRA file or folder to load (text-to-image)")
+    gen.add_argument("--lora-scale", type=float, default=None, help="scale of the LoRA's effect (default 1)")
+    gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--class-label", default=None, help="class index or name (class-conditional pipelines)")
-    gen.add_argument("--guidance-scale", type=float, default=2.0)
+    gen.add_argument("--guidance-scale", type=float, default=None, help="default 2; text-to-image 7.5")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="grid.png")
     return parser
 
 
-def _run_train(args: argparse.Namespace) -> Any:
-    from .training.recipes import train
+PIXEL_DEFAULTS = {"resolution": 16, "batch_size": 64, "learning_rate": 1e-3, "lr_schedule": "cosine",
+                  "lr_warmup_steps": 100, "ema_decay": 0.999}  # fmt: skip
 
-    return train(
-        dataset=args.dataset,
-        resolution=args.resolution,
-        class_conditional=args.class_conditional,
-        block_out_channels=args.model_channels,
-        layers_per_block=args.layers_per_block,
-        center_crop=not args.random_crop,
-        random_flip=args.random_flip,
-        beta_schedule=args.beta_schedule,
+
+def _given(args: argparse.Namespace, defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """The options that differ between pixel and text-to-image runs: given ones, else ``defaults`` (None: the
+    recipe's own)."""
+    out = {}
+    for name in PIXEL_DEFAULTS:
+        value = getattr(args, name)
+        if value is None and defaults is not None:
+            value = defaults[name]
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _common_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         output_dir=args.output_dir,
         max_steps=args.steps,
-        batch_size=args.batch_size,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
-        learning_rate=args.learning_rate,
-        lr_schedule=args.lr_schedule,
-        lr_warmup_steps=args.lr_warmup_steps,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None,
         prediction_type=args.prediction_type,
         loss_weighting=args.loss_weighting,
         snr_gamma=args.snr_gamma,
         noise_offset=args.noise_offset,
-        class_dropout_prob=args.class_dropout_prob,
         use_ema=not args.no_ema,
-        ema_decay=args.ema_decay,
         checkpointing_steps=args.checkpointing_steps,
         checkpoints_total_limit=args.checkpoints_total_limit,
         sample_steps=args.sample_steps,
@@ -132,35 +162,111 @@ def _run_train(args: argparse.Namespace) -> Any:
         time_limit_minutes=args.time_limit_minutes,
         gradient_checkpointing=args.gradient_checkpointing,
         progress_bar=not args.no_progress,
-        num_sample_images=20 if args.class_conditional else 16,
         push_to_hub=args.push_to_hub,
         hub_model_id=args.hub_model_id,
         hub_private_repo=args.hub_private_repo or None,
+        report_to=args.report_to,
+    )
+
+
+def _run_train(args: argparse.Namespace) -> Any:
+    if args.pretrained is not None:
+        return _run_train_text_to_image(args)
+    t2i = {"--lora-rank": args.lora_rank, "--caption-column": args.caption_column, "--image-column": args.image_column,
+           "--train-text-encoder": args.train_text_encoder, "--validation-prompt": args.validation_prompt}  # fmt: skip
+    given = [flag for flag, value in t2i.items() if value]
+    if given:
+        raise ValueError(f"{', '.join(given)}: text-to-image options need --pretrained (a Stable Diffusion model)")
+    from .training.recipes import train
+
+    return train(
+        dataset=args.dataset,
+        class_conditional=args.class_conditional,
+        block_out_channels=args.model_channels,
+        layers_per_block=args.layers_per_block,
+        center_crop=not args.random_crop,
+        random_flip=args.random_flip,
+        beta_schedule=args.beta_schedule,
+        class_dropout_prob=args.class_dropout_prob,
+        num_sample_images=20 if args.class_conditional else 16,
+        **_given(args, PIXEL_DEFAULTS),
+        **_common_options(args),
+    )
+
+
+def _run_train_text_to_image(args: argparse.Namespace) -> Any:
+    from .training.recipes import train_text_to_image
+
+    if args.dataset == "digits":
+        raise ValueError("--dataset: text-to-image training needs captioned images (a folder with metadata.jsonl or "
+                         "name.txt captions, 'captioned-digits', or a Hub data set), not 'digits'")  # fmt: skip
+    if args.class_conditional or args.model_channels:
+        raise ValueError("--class-conditional / --model-channels do not apply with --pretrained")
+    options = _given(args, None)
+    return train_text_to_image(
+        args.pretrained,
+        args.dataset,
+        caption_column=args.caption_column,
+        image_column=args.image_column,
+        resolution=options.pop("resolution", None),
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        text_encoder_lora=args.train_text_encoder,
+        cache_latents=False if args.no_cache_latents else None,
+        center_crop=not args.random_crop,
+        random_flip=bool(args.random_flip),
+        caption_dropout_prob=args.caption_dropout_prob,
+        validation_prompts=tuple(args.validation_prompt),
+        num_validation_images=args.num_validation_images,
+        **options,
+        **_common_options(args),
     )
 
 
 def generate(
     pipeline: str,
-    num_images: int = 16,
-    scheduler: str = "sde-dpm++",
+    num_images: int | None = None,
+    scheduler: str | None = None,
     steps: int = 25,
     class_label: str | int | None = None,
-    guidance_scale: float = 2.0,
+    guidance_scale: float | None = None,
     seed: int = 0,
+    prompt: str | None = None,
+    lora: str | None = None,
+    lora_scale: float | None = None,
+    negative_prompt: str | None = None,
 ):
-    """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in."""
-    from .pipelines.generate import generate_images
+    """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in.
+    A text-to-image pipeline draws ``prompt`` (``num_images`` default 1, ``guidance_scale`` 7.5, its own scheduler
+    unless ``scheduler`` names one), with the LoRA file or folder ``lora`` loaded and scaled by ``lora_scale``."""
+    from .pipelines.generate import generate_images, generate_text_images
     from .pipelines.pipeline import DiffusionPipeline
-    from .schedulers.samplers import check_sampler
+    from .schedulers.samplers import DEFAULT_SAMPLER, check_sampler
 
-    check_sampler(scheduler)  # before the (slow) pipeline load
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+    if scheduler is not None:
+        check_sampler(scheduler)  # before the (slow) pipeline load
+    if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
     pipe = DiffusionPipeline.from_pretrained(pipeline)
     pipe.set_progress_bar_config(desc="sampling", leave=False)
+    if getattr(pipe, "text_encoder", None) is not None:
+        if prompt is None:
+            raise ValueError(f"prompt: {pipeline!r} is a text-to-image pipeline; give a prompt after the model")
+        if lora is not None:
+            pipe.load_lora_weights(lora)
+        return generate_text_images(
+            pipe, prompt, num_images or 1, steps, sampler=scheduler, seed=seed,
+            guidance_scale=7.5 if guidance_scale is None else guidance_scale, negative_prompt=negative_prompt,
+            lora_scale=lora_scale,
+        )  # fmt: skip
+    given = [n for n, v in (("prompt", prompt), ("lora", lora), ("lora_scale", lora_scale),
+                            ("negative_prompt", negative_prompt)) if v is not None]  # fmt: skip
+    if given:
+        raise ValueError(f"{', '.join(given)}: {type(pipe).__name__} is not a text-to-image pipeline")
     return generate_images(
-        pipe, num_images, steps, sampler=scheduler, seed=seed, class_label=class_label, guidance_scale=guidance_scale
-    )
+        pipe, num_images or 16, steps, sampler=scheduler or DEFAULT_SAMPLER, seed=seed, class_label=class_label,
+        guidance_scale=2.0 if guidance_scale is None else guidance_scale,
+    )  # fmt: skip
 
 
 def _save_grid(images, cols, out: str) -> str:
@@ -232,10 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             result = _run_train(args)
             if result.pipeline_path:
-                print(f"pipeline folder: {os.path.abspath(result.pipeline_path)} ({result.step} steps)")
+                what = "LoRA weights" if getattr(args, "lora_rank", None) else "pipeline folder"
+                print(f"{what}: {os.path.abspath(result.pipeline_path)} ({result.step} steps)")
             return 0
         images, cols = generate(args.pipeline, args.num_images, args.scheduler, args.steps, args.class_label,
-                                args.guidance_scale, args.seed)  # fmt: skip
+                                args.guidance_scale, args.seed, args.prompt, args.lora, args.lora_scale,
+                                args.negative_prompt)  # fmt: skip
         print(f"wrote {os.path.abspath(_save_grid(images, cols, args.out))}")
         return 0
     except (ValueError, TypeError, ImportError, OSError) as err:

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from ..hub import split_push_kwargs, upload_saved_folder
+from ..loaders.peft_model import PeftAdapterMixin
 from ..weights import load_model, save_model
 
 
-class ModelMixin(nn.Module):
+class ModelMixin(PeftAdapterMixin, nn.Module):
     """Base class for models. Subclasses also inherit :class:`~torchdiffusion.configuration.ConfigMixin` and
     decorate ``__init__`` with ``@register_to_config``; the config is saved as ``config.json``."""
 

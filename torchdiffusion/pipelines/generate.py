@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..schedulers.samplers import DEFAULT_SAMPLER, sampling_scheduler
+from ..schedulers.samplers import DEFAULT_SAMPLER, SAMPLERS, check_sampler, sampling_scheduler
 from .class_conditional import ClassConditionalPipeline
 
 
@@ -52,3 +52,33 @@ def generate_images(
             raise ValueError(f"class_label={class_label!r}: {type(pipe).__name__} is not class-conditional")
         images = pipe(batch_size=num_images, **options).images
     return images * 2 - 1, cols
+
+
+def generate_text_images(
+    pipe: Any,
+    prompt: str,
+    num_images: int,
+    num_inference_steps: int,
+    *,
+    sampler: str | None = None,
+    seed: int = 0,
+    guidance_scale: float = 7.5,
+    negative_prompt: str | None = None,
+    lora_scale: float | None = None,
+) -> tuple[torch.Tensor, int | None]:
+    """``num_images`` images of ``prompt`` from a text-to-image pipeline (image ``i`` seeded ``seed + i``), with
+    the named ``sampler`` (None: the pipeline's own scheduler; a name swaps it with ``from_config``, as for any
+    latent model) and LoRA layers scaled by ``lora_scale`` for this call. Returns ``(N, 3, H, W)`` in [-1, 1] and
+    None (the grid's column count: automatic)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string for a text-to-image pipeline, got {prompt!r}")
+    if sampler is not None:
+        import torchdiffusion
+
+        class_name, options = SAMPLERS[check_sampler(sampler)]
+        pipe.scheduler = getattr(torchdiffusion, class_name).from_config(pipe.scheduler.config, **options)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
+    extra = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
+    images = pipe([prompt] * num_images, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                  negative_prompt=negative_prompt, generator=generators, output_type="pt", **extra).images
+    return images * 2 - 1, None  # fmt: skip

@@ -19,7 +19,18 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def make_accelerator(mixed_precision: str) -> Any:
+def check_tracker(report_to: str | None) -> None:
+    """``ImportError`` naming ``report_to`` when its package (tensorboard / wandb) is not installed."""
+    import importlib.util
+
+    if report_to is None:
+        return
+    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}[report_to]
+    if not any(importlib.util.find_spec(name) for name in packages):
+        raise ImportError(f"report_to={report_to!r} needs the {packages[0]} package: pip install {packages[0]}")
+
+
+def make_accelerator(mixed_precision: str, report_to: str | None = None, project_dir: str | None = None) -> Any:
     """An ``accelerate.Accelerator`` for ``mixed_precision`` (``"no"``, ``"fp16"``, ``"bf16"``).
 
     Without CUDA, fp16 becomes bf16 (with a warning: CPUs have no fp16 autocast here), and bf16 on a CPU without
@@ -42,4 +53,5 @@ def make_accelerator(mixed_precision: str) -> Any:
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
     cpu = distributed and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    check_tracker(report_to)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, log_with=report_to, project_dir=project_dir)

@@ -12,6 +12,7 @@ from .losses import LOSS_WEIGHTINGS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+REPORT_TO = (None, "tensorboard", "wandb")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TrainingConfig:
     snr_gamma: float = 5.0
     noise_offset: float = 0.0
     class_dropout_prob: float = 0.1  # class-conditional models: share of labels replaced by the null class
+    caption_dropout_prob: float = 0.0  # text-to-image: share of captions replaced by the empty caption
     # EMA
     use_ema: bool = True
     ema_decay: float = 0.999
@@ -53,6 +55,8 @@ class TrainingConfig:
     num_sample_images: int = 16
     sample_inference_steps: int = 25
     sample_guidance_scale: float = 2.0
+    validation_prompts: tuple[str, ...] = ()  # text-to-image: prompts of the validation grid (one row each)
+    num_validation_images: int = 4  # text-to-image: images per validation prompt
     log_steps: int = 10
     progress_bar: bool = True
     seed: int = 0
@@ -63,6 +67,7 @@ class TrainingConfig:
     hub_model_id: str | None = None  # default: the output folder's name
     hub_private_repo: bool | None = None
     hub_token: str | None = None
+    report_to: str | None = None  # "tensorboard" or "wandb": accelerate's tracker (the package must be installed)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +116,12 @@ class TrainingConfig:
         number("snr_gamma", 0.0, open_lo=True)
         number("noise_offset", 0.0)
         number("class_dropout_prob", 0.0, 1.0)
+        number("caption_dropout_prob", 0.0, 1.0)
+        integer("num_validation_images", 0)
+        prompts = self.validation_prompts
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts or ()):
+            raise ValueError(f"validation_prompts must be a list of strings, got {prompts!r}")
+        self.validation_prompts = tuple(prompts or ())
         number("ema_decay", 0.0, 1.0)
         number("ema_inv_gamma", 0.0, open_lo=True)
         number("ema_power", 0.0, open_lo=True)
@@ -130,6 +141,7 @@ class TrainingConfig:
         choice("mixed_precision", MIXED_PRECISION)
         choice("lr_schedule", LR_SCHEDULES)
         choice("loss_weighting", LOSS_WEIGHTINGS)
+        choice("report_to", REPORT_TO)
         if self.prediction_type is not None:
             choice("prediction_type", PREDICTION_TYPES)
         if self.resume_from_checkpoint is not None and not isinstance(self.resume_from_checkpoint, str):

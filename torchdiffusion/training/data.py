@@ -47,6 +47,11 @@ class ImageTransform:
         self.resolution, self.channels = resolution, channels
         self.center_crop, self.random_flip = bool(center_crop), bool(random_flip)
 
+    @property
+    def is_random(self) -> bool:
+        """True when the output depends on the generator (random crops or flips)."""
+        return not self.center_crop or self.random_flip
+
     def __call__(self, image: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         from PIL import Image
 
@@ -95,6 +100,14 @@ class TrainingDataset(torch.utils.data.Dataset):
     channels: int = 3
     resolution: int = 0
     class_names: list[str] | None = None
+
+    @property
+    def random_augmentation(self) -> bool:
+        """True when an item depends on its augmentation seed (random crop or flip): its image cannot be cached."""
+        transform = getattr(self, "transform", None)
+        if isinstance(transform, ImageTransform):
+            return transform.is_random
+        return bool(getattr(self, "random_flip", False))
 
     def _check_index(self, index: int) -> int:
         n = len(self)
@@ -278,12 +291,19 @@ class _PlanSampler(torch.utils.data.Sampler):
             m += 1
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """List of items -> ``{"images": (B, C, H, W), "labels": (B,) long}``."""
-    return {
-        "images": torch.stack([it["images"] for it in items]),
-        "labels": torch.tensor([it["labels"] for it in items], dtype=torch.long),
-    }
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """List of items -> a batch: tensors stacked (``"images"``: (B, C, H, W)), ints as a (B,) long tensor
+    (``"labels"``), anything else (``"captions"``) as a list."""
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], (int, np.integer)) and not isinstance(values[0], bool):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            batch[key] = values
+    return batch
 
 
 def iterate_batches(

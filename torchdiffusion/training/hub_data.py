@@ -42,7 +42,8 @@ class HubImageDataset(TrainingDataset):
     imported only here.
 
     ``image_column``/``label_column`` default to the first image feature and a ``ClassLabel`` column (if any);
-    the class names are the ``ClassLabel`` names.
+    the class names are the ``ClassLabel`` names. ``caption_column`` (text-to-image training) adds each row's
+    caption to its item as ``"captions"`` (every caption is checked to be text here).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class HubImageDataset(TrainingDataset):
         data_dir: str | None = None,
         image_column: str | None = None,
         label_column: str | None = None,
+        caption_column: str | None = None,
         **load_kwargs: Any,
     ) -> None:
         try:
@@ -114,6 +116,15 @@ class HubImageDataset(TrainingDataset):
             self.num_classes = len(self.class_names)
         if len(self.data) == 0:
             raise ValueError(f"dataset {label} split {split!r} is empty")
+        self.caption_column = caption_column
+        if caption_column is not None:
+            if caption_column not in features:
+                raise ValueError(
+                    f"caption_column {caption_column!r} not found; the data set has columns {list(features)}"
+                )
+            for row, text in enumerate(self.data[caption_column]):  # one column read: cheap, before any step
+                if not isinstance(text, str):
+                    raise ValueError(f"row {row} of caption_column {caption_column!r} holds {text!r:.60}, not text")
 
     def __len__(self) -> int:
         return len(self.data)
@@ -121,7 +132,12 @@ class HubImageDataset(TrainingDataset):
     def __getitem__(self, key: Any) -> dict[str, Any]:
         index, generator = _generator_for(key)
         row = self.data[self._check_index(index)]
-        image = self.transform(_to_pil(row[self.image_column], self.image_column), generator)
+        try:
+            image = self.transform(_to_pil(row[self.image_column], self.image_column), generator)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"row {index} of image_column {self.image_column!r} cannot be read ({err})") from err
+        if self.caption_column is not None:
+            return {"images": image, "labels": -1, "captions": row[self.caption_column]}
         if self.label_column is None:
             return {"images": image, "labels": -1}
         label = row[self.label_column]

@@ -13,6 +13,7 @@ import torch
 
 from ..core.prediction import PREDICTION_TYPES, get_velocity
 from ..core.schedules import TrainedSchedule
+from .data import mix_seed
 
 LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
 
@@ -33,6 +34,33 @@ def sample_noise(
     if noise_offset:
         noise = noise + noise_offset * torch.randn((*shape[:2], *([1] * (len(shape) - 2))), generator=generator)
     return noise
+
+
+def draw_step_noise(
+    seed: int,
+    micro_step: int,
+    shape: tuple[int, ...],
+    num_timesteps: int,
+    noise_offset: float = 0.0,
+    dropout_prob: float = 0.0,
+    latent: bool = False,
+    part: slice = slice(None),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Everything random in micro-batch ``micro_step`` of a run, drawn on the CPU for the *global* batch ``shape``
+    ``(B, C, H, W)`` and cut to this process's ``part``: the noise (with ``noise_offset``), the timesteps ``(B,)``,
+    the condition-dropout mask ``(B,)`` (True with probability ``dropout_prob``) from one generator seeded by
+    ``(seed, "noise", micro_step)``; with ``latent``, the standard normal draw ``(B, C, H, W)`` that samples each
+    ``x0`` from its latent distribution (``mean + std * draw``), from a generator seeded by
+    ``(seed, "latent", micro_step)``."""
+    g = torch.Generator().manual_seed(mix_seed(seed, "noise", micro_step))
+    noise = sample_noise(shape, g, noise_offset)
+    timesteps = torch.randint(0, num_timesteps, (shape[0],), generator=g)
+    drop = torch.rand(shape[0], generator=g) < dropout_prob
+    latent_noise = None
+    if latent:
+        latent_noise = torch.randn(shape, generator=torch.Generator().manual_seed(mix_seed(seed, "latent", micro_step)))
+        latent_noise = latent_noise[part]
+    return noise[part], timesteps[part], drop[part], latent_noise
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -99,3 +99,52 @@ def train(
         model = default_unet(resolution, data.channels, num_class_embeds, block_out_channels, layers_per_block)
     scheduler = default_noise_scheduler(num_train_timesteps, beta_schedule)
     return Trainer(model, scheduler, data, config).train()
+
+
+TEXT_TO_IMAGE_DEFAULTS: dict[str, Any] = {
+    "batch_size": 16,
+    "learning_rate": 1e-4,
+    "lr_schedule": "constant",
+    "lr_warmup_steps": 0,
+    "adam_betas": (0.9, 0.999),
+    "weight_decay": 1e-2,
+    "ema_decay": 0.9999,
+    "ema_warmup": False,
+    "sample_guidance_scale": 7.5,
+    "sample_inference_steps": 25,
+}
+"""The settings of Diffusers' ``train_text_to_image.py`` / ``train_text_to_image_lora.py`` where ours differ
+(EMA as its ``--use_ema``: decay 0.9999, ``min(decay, (1 + k) / (10 + k))``)."""
+
+
+def train_text_to_image(
+    pretrained: Any,
+    dataset: Any,
+    caption_column: str | None = None,
+    image_column: str | None = None,
+    resolution: int | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    text_encoder_lora: bool = False,
+    cache_latents: bool | None = None,
+    center_crop: bool = True,
+    random_flip: bool = False,
+    **options: Any,
+):
+    """Fine-tune the UNet of ``pretrained`` (a Stable Diffusion folder, Hub id or pipeline) on ``dataset`` (a
+    folder with ``metadata.jsonl`` or ``name.txt`` captions, ``"captioned-digits"``, a ``datasets.Dataset`` or a Hub
+    name), fully or with LoRA adapters of ``lora_rank`` (see :class:`~.text_to_image.TextToImageTask`).
+    ``resolution`` defaults to the UNet's ``sample_size`` times the VAE factor; ``options`` are
+    :class:`TrainingConfig` fields (defaults: :data:`TEXT_TO_IMAGE_DEFAULTS`). Returns the
+    :class:`~torchdiffusion.training.trainer.TrainingResult`; the data are checked before the model loads."""
+    from .sources import load_captioned_dataset
+    from .text_to_image import TextToImageTask
+    from .trainer import Trainer
+
+    config = TrainingConfig(**{**TEXT_TO_IMAGE_DEFAULTS, **options})
+    task = TextToImageTask(pretrained, lora_rank, lora_alpha, text_encoder_lora, cache_latents)
+    if resolution is None:
+        factor = 2 ** (len(task.vae.config.block_out_channels) - 1)
+        resolution = int(task.base.unet.config.sample_size) * factor
+    data = load_captioned_dataset(dataset, resolution, caption_column, image_column, center_crop, random_flip)
+    return Trainer(task, dataset=data, config=config).train()

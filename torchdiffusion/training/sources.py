@@ -59,3 +59,43 @@ def load_training_dataset(
     if source.startswith((".", "/", "~", "\\")) or os.path.exists(source):
         raise ValueError(f"dataset {source!r} is not an existing folder of images")
     return HubImageDataset(source, resolution, channels, center_crop, flip, labels, **hub_kwargs)
+
+
+CAPTIONED_DIGITS = "captioned-digits"
+
+
+def load_captioned_dataset(
+    source: Any,
+    resolution: int,
+    caption_column: str | None = None,
+    image_column: str | None = None,
+    center_crop: bool = True,
+    random_flip: bool = False,
+    **hub_kwargs: Any,
+) -> TrainingDataset:
+    """Captioned images for text-to-image training (items with ``"captions"``): ``"captioned-digits"`` (the embedded
+    set, when this build has it), a folder (``metadata.jsonl`` or ``name.txt`` pairs: :mod:`.captioned`), a
+    ``datasets.Dataset`` / ``DatasetDict`` or a Hub name (``image_column`` / ``caption_column``; ``hub_kwargs`` go to
+    :class:`HubImageDataset`). ``caption_column`` defaults to ``"text"``. Every caption and (for folders) every image
+    is checked here: ``ValueError`` naming the file, row or column."""
+    from .captioned import CaptionedImageFolder
+
+    if caption_column is not None and (not isinstance(caption_column, str) or not caption_column):
+        raise ValueError(f"caption_column must be a non-empty string, got {caption_column!r}")
+    column = caption_column or "text"
+    if _is_hf_dataset(source) or (isinstance(source, str) and not os.path.isdir(source) and source != CAPTIONED_DIGITS
+                                  and not source.startswith((".", "/", "~", "\\")) and not os.path.exists(source)):
+        return HubImageDataset(source, resolution, 3, center_crop, random_flip, image_column=image_column,
+                               caption_column=column, **hub_kwargs)  # fmt: skip
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"dataset must be a folder path, a Hub name or a datasets.Dataset, got {type(source).__name__}")
+    source = os.fspath(source)
+    if source == CAPTIONED_DIGITS and not os.path.isdir(source):
+        try:
+            from . import captioned_digits  # the embedded captioned set (its own module, when present)
+        except ImportError:
+            raise ValueError(f"dataset {CAPTIONED_DIGITS!r} is not part of this build of torchdiffusion") from None
+        return captioned_digits.CaptionedDigitsDataset(resolution=resolution)
+    if not os.path.isdir(source):
+        raise ValueError(f"dataset {source!r} is not an existing folder of captioned images")
+    return CaptionedImageFolder(source, resolution, column, center_crop, random_flip)

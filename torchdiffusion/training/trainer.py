@@ -25,7 +25,8 @@ from .accelerator import make_accelerator
 from .config import TrainingConfig, lr_lambda
 from .data import BatchPlan, iterate_batches, mix_seed
 from .ema import EMAModel
-from .losses import diffusion_loss, loss_weights, sample_noise, training_target
+from .losses import diffusion_loss, draw_step_noise, loss_weights, training_target
+from .tasks import PixelTask
 
 
 @dataclass
@@ -51,24 +52,31 @@ def _model_output(out: Any) -> torch.Tensor:
 class Trainer:
     """Train ``model`` (e.g. a :class:`UNet2DModel`) to denoise ``dataset`` items under ``noise_scheduler``.
 
+    ``model``: an ``nn.Module`` (a pixel-space model: :class:`~.tasks.PixelTask`) or a task object such as
+    :class:`~torchdiffusion.training.text_to_image.TextToImageTask` (which brings its own noise scheduler).
     ``dataset``: a :class:`~torchdiffusion.training.data.TrainingDataset` (or any map-style data set whose items
-    are ``{"images": (C, H, W) in [-1, 1], "labels": int}``). The model is class-conditional when its config has
-    ``num_class_embeds``; labels are then replaced by the null class ``num_classes`` with probability
-    ``class_dropout_prob`` so the exported pipeline can use classifier-free guidance.
-    ``config``: a :class:`TrainingConfig`; keyword arguments override its fields.
+    are ``{"images": (C, H, W) in [-1, 1], "labels": int}``, plus ``"captions"`` for text-to-image). A pixel model
+    is class-conditional when its config has ``num_class_embeds``; labels are then replaced by the null class
+    ``num_classes`` with probability ``class_dropout_prob`` so the exported pipeline can use classifier-free
+    guidance. ``config``: a :class:`TrainingConfig`; keyword arguments override its fields.
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        noise_scheduler: Any,
-        dataset: Any,
+        model: Any,
+        noise_scheduler: Any = None,
+        dataset: Any = None,
         config: TrainingConfig | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         **overrides: Any,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        config = (config or TrainingConfig()).replace(**overrides) if overrides else (config or TrainingConfig())
+        if isinstance(model, torch.nn.Module):
+            task = None
+        elif hasattr(model, "inputs") and isinstance(getattr(model, "model", None), torch.nn.Module):
+            task, noise_scheduler = model, noise_scheduler or model.noise_scheduler
+        else:
+            raise TypeError(f"model must be a torch.nn.Module or a training task, got {type(model).__name__}")
         if not hasattr(noise_scheduler, "alphas_cumprod"):
             raise TypeError(
                 "noise_scheduler must be a DDPM-style scheduler with alphas_cumprod, "
@@ -76,7 +84,7 @@ class Trainer:
             )
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__") or len(dataset) == 0:
             raise ValueError("dataset must be a non-empty map-style data set (len() and [index])")
-        config = (config or TrainingConfig()).replace(**overrides) if overrides else (config or TrainingConfig())
+        self.task = task or PixelTask(model, dataset, config.class_dropout_prob)
         self.config = config
         scheduler_type = noise_scheduler.config.get("prediction_type", "epsilon")
         self.prediction_type = config.prediction_type or scheduler_type
@@ -84,24 +92,10 @@ class Trainer:
             noise_scheduler = type(noise_scheduler).from_config(
                 noise_scheduler.config, prediction_type=self.prediction_type
             )
-        self.model, self.noise_scheduler, self.dataset = model, noise_scheduler, dataset
+        self.model, self.noise_scheduler, self.dataset = self.task.model, noise_scheduler, dataset
         self.num_classes = int(getattr(dataset, "num_classes", 0) or 0)
-        model_config = getattr(model, "config", {}) or {}
-        self.class_conditional = model_config.get("num_class_embeds") is not None
-        self.null_class_label: int | None = None
-        if self.class_conditional:
-            table = model_config["num_class_embeds"]
-            if self.num_classes == 0:
-                raise ValueError("the model is class-conditional (num_class_embeds is set) but dataset has no labels")
-            if config.class_dropout_prob > 0:
-                if table < self.num_classes + 1:
-                    raise ValueError(
-                        f"class_dropout_prob={config.class_dropout_prob} needs num_class_embeds >= num_classes + 1 "
-                        f"= {self.num_classes + 1} (the extra class means 'no label'); the model has {table}"
-                    )
-                self.null_class_label = self.num_classes
-            elif table < self.num_classes:
-                raise ValueError(f"num_class_embeds={table} is smaller than the data set's {self.num_classes} classes")
+        self.class_conditional = getattr(self.task, "class_conditional", False)
+        self.null_class_label = getattr(self.task, "null_class_label", None)
         self.alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod, dtype=torch.float64).cpu()
         self.noise_levels = TrainedSchedule.from_alphas_cumprod(self.alphas_cumprod)
         self._user_optimizer = optimizer
@@ -111,7 +105,7 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
-        self.accelerator = acc = make_accelerator(cfg.mixed_precision)
+        self.accelerator = acc = make_accelerator(cfg.mixed_precision, cfg.report_to, cfg.output_dir)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         model = self.model.to(acc.device)
         if cfg.channels_last:
@@ -130,7 +124,7 @@ class Trainer:
             )  # fmt: skip
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         self.ema = None
-        if cfg.use_ema:
+        if cfg.use_ema and self.task.supports_ema:
             self.ema = EMAModel(
                 model, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, inv_gamma=cfg.ema_inv_gamma,
                 power=cfg.ema_power, update_after_step=cfg.ema_update_after_step,
@@ -139,7 +133,8 @@ class Trainer:
         # drop accelerate's autocast patch of forward (copies of the model for sampling stay plain modules);
         # the training forward runs under acc.autocast() instead
         self.unwrapped = acc.unwrap_model(self.wrapped, keep_fp32_wrapper=False)
-        self.plan = BatchPlan(len(self.dataset), cfg.batch_size, cfg.seed, self.world_size, self.rank)
+        self.train_data = self.task.setup(acc, cfg, self.dataset)  # e.g. cached latents instead of images
+        self.plan = BatchPlan(len(self.train_data), cfg.batch_size, cfg.seed, self.world_size, self.rank)
         self.output_dir = cfg.output_dir
         self.checkpoint_dir = os.path.join(cfg.output_dir, "checkpoints")
         if self.is_main:
@@ -149,13 +144,17 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs (see :mod:`~torchdiffusion.training.checkpoint`)."""
         names = [n for n, _ in self.unwrapped.named_parameters()]
+        trained = {n for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        model_state = dict(self.unwrapped.state_dict())
+        if len(trained) < len(names):  # adapters on a frozen model: the frozen weights come from the base model
+            model_state = {k: v for k, v in model_state.items() if k in trained}
         rng = {"torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         np_state = np.random.get_state()
         scaler = getattr(self.accelerator, "scaler", None)
         return {
-            "model": dict(self.unwrapped.state_dict()),
+            "model": model_state,
             "ema": dict(zip(names, self.ema.shadow_params)) if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "random_states": rng,
@@ -175,7 +174,17 @@ class Trainer:
         """Restore a checkpoint written by :meth:`state` / :func:`~.checkpoint.save_checkpoint`."""
         state = ckpt.load_checkpoint(folder)
         trainer = state["trainer"]
-        self.unwrapped.load_state_dict(state["model"])
+        trained = [n for n, p in self.unwrapped.named_parameters() if p.requires_grad]
+        if len(trained) < len(list(self.unwrapped.parameters())):
+            missing, unexpected = set(trained) - set(state["model"]), set(state["model"]) - set(trained)
+            if missing or unexpected:
+                raise ValueError(
+                    f"checkpoint {folder!r} does not fit the trained parameters: missing {sorted(missing)[:5]}, "
+                    f"unexpected {sorted(unexpected)[:5]}"
+                )
+            self.unwrapped.load_state_dict(state["model"], strict=False)
+        else:
+            self.unwrapped.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             names = [n for n, _ in self.unwrapped.named_parameters()]
             self.ema.load_state_dict(
@@ -210,11 +219,9 @@ class Trainer:
         return outputs.ema_model(self.unwrapped, self.ema)
 
     def pipeline(self) -> Any:
-        """The pipeline of the EMA model: :class:`DDPMPipeline`, or :class:`ClassConditionalPipeline`."""
-        names = getattr(self.dataset, "class_names", None)
-        return outputs.build_pipeline(
-            self.ema_model(), self.noise_scheduler, self.class_conditional, self.null_class_label, names
-        )
+        """The pipeline of the EMA model: :class:`DDPMPipeline` or :class:`ClassConditionalPipeline` (pixel models),
+        :class:`StableDiffusionPipeline` (text-to-image)."""
+        return self.task.pipeline(self.ema_model(), self.noise_scheduler)
 
     def sample_images(self, num_images: int, num_inference_steps: int, seed: int = 0) -> torch.Tensor:
         """``(N, C, H, W)`` samples in [-1, 1] from the EMA model with the default sampler of ``torchdiffusion
@@ -222,17 +229,13 @@ class Trainer:
         return self._sample_grid(num_images, num_inference_steps, seed)[0]
 
     def _sample_grid(self, num_images: int, num_inference_steps: int, seed: int) -> tuple[torch.Tensor, int | None]:
-        from ..pipelines.generate import generate_images  # the pipelines load when a grid is drawn
-
         steps = max(1, min(num_inference_steps, len(self.alphas_cumprod) // 2))
-        return generate_images(
-            self.pipeline(), num_images, steps, seed=seed, guidance_scale=self.config.sample_guidance_scale,
-            num_classes=self.num_classes or None,
-        )  # fmt: skip
+        config = self.config.replace(num_sample_images=num_images, seed=seed)
+        return self.task.sample_grid(self.pipeline(), config, steps)
 
     def _write_samples(self) -> None:
         cfg = self.config
-        if cfg.num_sample_images and cfg.sample_inference_steps:
+        if self.task.wants_samples(cfg):
             images, cols = self._sample_grid(cfg.num_sample_images, cfg.sample_inference_steps, cfg.seed)
             outputs.write_sample_grid(images, self.output_dir, self.step, cols)
 
@@ -240,11 +243,9 @@ class Trainer:
         outputs.write_log(self.output_dir, self.losses, history, started, self.step, self.world_size, self.config)
 
     def save_pipeline(self, path: str | None = None) -> str:
-        """Write the EMA pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``) to ``path`` (default:
-        the output folder itself)."""
-        path = path or self.output_dir
-        self.pipeline().save_pretrained(path)
-        return path
+        """Write what the run hands out to ``path`` (default: the output folder itself): the EMA pipeline folder
+        (``model_index.json``, ``unet/``, ``scheduler/``...), or for LoRA training the LoRA file and model card."""
+        return self.task.save(self.pipeline(), path or self.output_dir, self.step, self.config)
 
     def push_to_hub(self) -> Any:
         """Upload the EMA pipeline (not the checkpoints or sample grids) to ``hub_model_id`` (default: the output
@@ -252,28 +253,21 @@ class Trainer:
         return outputs.push_pipeline(self.pipeline(), self.output_dir, self.step, self.config)
 
     # ---- one step -----------------------------------------------------------------------------------------
-    def _micro_batch(self, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
+    def _micro_batch(self, batch: dict[str, Any], micro_step: int) -> torch.Tensor:
         """Loss of this process's part of micro-batch ``micro_step`` (noise etc. drawn for the global batch)."""
         cfg, device = self.config, self.accelerator.device
-        x0 = batch["images"].to(device, non_blocking=True)
-        b = x0.shape[0]
-        total = b * self.world_size
-        g = torch.Generator().manual_seed(mix_seed(cfg.seed, "noise", micro_step))
-        noise = sample_noise((total, *x0.shape[1:]), g, cfg.noise_offset)
-        timesteps = torch.randint(0, len(self.alphas_cumprod), (total,), generator=g)
-        drop = torch.rand(total, generator=g) < cfg.class_dropout_prob
-        part = slice(self.rank * b, (self.rank + 1) * b)
-        noise, timesteps, drop = noise[part].to(device), timesteps[part], drop[part]
+        shape = self.task.sample_shape(batch)
+        b = len(next(iter(batch.values())))
+        noise, timesteps, drop, latent_noise = draw_step_noise(
+            cfg.seed, micro_step, (b * self.world_size, *shape), len(self.alphas_cumprod), cfg.noise_offset,
+            self.task.dropout_prob(cfg), self.task.latent, part=slice(self.rank * b, (self.rank + 1) * b),
+        )  # fmt: skip
+        x0, kwargs = self.task.inputs(batch, drop, latent_noise, device)
+        noise = noise.to(device)
         alpha_t, sigma_t = self.noise_levels.coefficients(timesteps, device)
         x_t = self.noise_levels.add_noise(x0, noise, timesteps)
         if cfg.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        kwargs = {}
-        if self.class_conditional:
-            labels = batch["labels"].clone()
-            if self.null_class_label is not None:
-                labels[drop] = self.null_class_label
-            kwargs["class_labels"] = labels.to(device)
         with self.accelerator.autocast():
             out = _model_output(self.wrapped(x_t, timesteps.to(device), **kwargs))
         target = training_target(self.prediction_type, x0, noise, alpha_t, sigma_t)
@@ -328,7 +322,7 @@ class Trainer:
         if resume is not None:
             self.load_state(resume)
         accum = cfg.gradient_accumulation_steps
-        batches = iterate_batches(self.dataset, self.plan, self.step * accum, cfg.dataloader_num_workers)
+        batches = iterate_batches(self.train_data, self.plan, self.step * accum, cfg.dataloader_num_workers)
         images_per_step = cfg.batch_size * accum * self.world_size
         show_bar = cfg.progress_bar and self.is_main
 
@@ -336,6 +330,9 @@ class Trainer:
             return tqdm(total=cfg.max_steps, initial=self.step, disable=not show_bar, desc="training", unit="step",
                         dynamic_ncols=True)  # fmt: skip
 
+        if cfg.report_to:
+            scalars = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers("torchdiffusion-train", config=scalars)
         history: list[dict] = []
         started = last_time = time.time()
         last_step = self.step
@@ -366,6 +363,8 @@ class Trainer:
                     "epoch": round(self.plan.epoch_of(step * accum), 2),
                 }
                 history.append(entry)
+                if cfg.report_to:
+                    acc.log({k: v for k, v in entry.items() if k != "step"}, step=step)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", img_s=f"{rate:.0f}")
                 if self.is_main and (step % (cfg.log_steps * 10) == 0 or step == cfg.max_steps):
                     self._write_log(history, started)
@@ -385,5 +384,7 @@ class Trainer:
             path = self.save_pipeline()
             if cfg.push_to_hub:
                 self.push_to_hub()
+        if cfg.report_to:
+            acc.end_training()
         acc.wait_for_everyone()
         return TrainingResult(self.output_dir, self.step, list(self.losses), path)

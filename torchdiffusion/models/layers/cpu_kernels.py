@@ -39,6 +39,17 @@ def needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+_CACHE_NAMES = ("_td_cl_weight", "_td_winograd_kernels", "_td_phase_kernels")
+
+
+def clear_weight_caches(model: nn.Module) -> None:
+    """Forget the cached weight copies of ``model``'s layers (needed after in-place edits through ``.data``, which
+    do not bump the version counter the cache keys on, e.g. peft's LoRA merges)."""
+    for module in model.modules():
+        for name in _CACHE_NAMES:
+            module.__dict__.pop(name, None)
+
+
 def _cached(module: nn.Module, name: str, weight: torch.Tensor, make) -> torch.Tensor:
     """``make(weight)``, remembered on ``module`` until the weight is modified, moved or replaced."""
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
@@ -141,8 +152,9 @@ def _winograd_conv3x3(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` with the weight matched to ``x``'s memory format (same values, faster NHWC path on CPU); wide
-    3x3 layers run in Winograd form during inference (see the module docstring)."""
-    if conv.padding_mode != "zeros":
+    3x3 layers run in Winograd form during inference (see the module docstring). A layer wrapped by an adapter
+    (peft's LoRA ``Conv2d`` is not an ``nn.Conv2d``) runs as its own module, so the adapter takes part."""
+    if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
         return conv(x)
     weight = conv.weight
     if is_channels_last(x) and weight.shape[-1] * weight.shape[-2] > 1:
@@ -181,7 +193,8 @@ def upsample_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     ``conv.weight``/``conv.bias`` and ``x``, and the backward pass saves the same 5/9 of the multiply-adds.
     """
     if (
-        not is_channels_last(x)
+        not isinstance(conv, nn.Conv2d)  # e.g. wrapped by a LoRA adapter: the caller runs the module
+        or not is_channels_last(x)
         or x.shape[-1] < 4
         or x.shape[-2] < 4
         or conv.kernel_size != (3, 3)

@@ -196,6 +196,19 @@ def _as_linear_weight(layer: nn.Module) -> torch.Tensor:
     return weight if weight.ndim == 2 else weight.view(weight.shape[0], weight.shape[1])
 
 
+def _project(layer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``proj_in`` / ``proj_out`` on channels-last tokens ``(..., C)``: a plain layer as one matrix product; a layer
+    wrapped by an adapter (peft's LoRA) is run as a module so the adapter takes part (a conv on an NCHW view)."""
+    if isinstance(layer, (nn.Linear, nn.Conv2d)):
+        return F.linear(tokens, _as_linear_weight(layer), layer.bias)
+    if not isinstance(getattr(layer, "base_layer", None), nn.Conv2d):
+        return layer(tokens)
+    x = tokens.movedim(-1, 1)
+    flat = x.ndim == 3
+    out = layer(x.unsqueeze(-1) if flat else x)
+    return (out.squeeze(-1) if flat else out).movedim(1, -1)
+
+
 class Transformer2DModel(nn.Module):
     """Spatial transformer on a feature map: GroupNorm, ``proj_in``, ``num_layers`` transformer blocks,
     ``proj_out``, plus the input (residual).
@@ -273,11 +286,11 @@ class Transformer2DModel(nn.Module):
         residual = hidden_states
         # (B, C, H, W) -> (B, H, W, C): free for channels-last input; F.linear handles the 1x1 conv as a matmul.
         tokens = self.norm(hidden_states).permute(0, 2, 3, 1)
-        tokens = F.linear(tokens, _as_linear_weight(self.proj_in), self.proj_in.bias)
+        tokens = _project(self.proj_in, tokens)
         tokens = tokens.reshape(batch, height * width, self.inner_dim)
         for block in self.transformer_blocks:
             tokens = checkpointed(self, block, tokens, attention_mask, encoder_hidden_states, encoder_attention_mask)
-        out = F.linear(tokens, _as_linear_weight(self.proj_out), self.proj_out.bias)
+        out = _project(self.proj_out, tokens)
         out = out.view(batch, height, width, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
         return residual_add(out, residual)
 

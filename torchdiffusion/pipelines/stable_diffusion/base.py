@@ -20,6 +20,7 @@ import torch
 
 from ...core.guidance import classifier_free_guidance, rescale_guidance
 from ...image_processor import VaeImageProcessor
+from ...loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 from ...utils.images import check_output_type
 from ...utils.torch_utils import check_generator, randn_tensor
 from ..denoise import (
@@ -78,7 +79,7 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: t
     return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
 
 
-class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipeline):
+class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, StableDiffusionLoraLoaderMixin, DiffusionPipeline):
     """Base of the Stable Diffusion pipelines. ``safety_checker``, ``feature_extractor`` and ``image_encoder``
     are optional (None); ``image_encoder`` is kept for folder compatibility only (no IP-Adapter here)."""
 
@@ -227,6 +228,7 @@ class StableDiffusionMixin(PromptEncodingMixin, LatentImagesMixin, DiffusionPipe
             call.negative_prompt,
             prompt_embeds=call.prompt_embeds,
             negative_prompt_embeds=call.negative_prompt_embeds,
+            lora_scale=(call.cross_attention_kwargs or {}).get("scale"),
             clip_skip=call.clip_skip,
         )
         scheduler = call.scheduler = fresh_scheduler(self.scheduler)

@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 
+from ...loaders.scale import lora_scale as scaled_lora
+
 __all__ = ["PromptEncodingMixin", "check_prompt_arguments"]
 
-# transformers' tokenizers set their padding/truncation state on the shared object before each call, so two threads
-# tokenizing at once can get each other's padding (different input ids, different images): one call at a time.
+# A fast (Rust) tokenizer sets its padding/truncation mode on the shared backend object for each call, so two
+# threads tokenizing at once (one with padding="longest") can get each other's padding: one lock for all calls.
 _TOKENIZER_LOCK = threading.Lock()
 
 
@@ -65,7 +67,7 @@ class PromptEncodingMixin:
                 texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
             )
             full = self.tokenizer(texts, padding="longest", return_tensors="pt").input_ids if warn else None
-        if full is not None:
+        if warn:
             if full.shape[-1] > tokens.input_ids.shape[-1]:
                 removed = self.tokenizer.batch_decode(full[:, max_length - 1 : -1])
                 warnings.warn(
@@ -74,16 +76,20 @@ class PromptEncodingMixin:
                 )
         return tokens
 
-    def _text_embeddings(self, texts: list[str], device, clip_skip: int | None, max_length: int, warn: bool):
-        """Hidden states (batch, tokens, dim) of the text encoder; ``clip_skip`` layers before the last."""
+    def _text_embeddings(
+        self, texts: list[str], device, clip_skip: int | None, max_length: int, warn: bool, lora_scale=None
+    ):
+        """Hidden states (batch, tokens, dim) of the text encoder; ``clip_skip`` layers before the last; its LoRA
+        layers scaled by ``lora_scale`` (this thread only)."""
         tokens = self._tokenize(texts, max_length, warn)
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(device)
         ids = tokens.input_ids.to(device)
-        if clip_skip is None:
-            return self.text_encoder(ids, attention_mask=mask)[0]
-        hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        with scaled_lora(lora_scale, self.text_encoder):
+            if clip_skip is None:
+                return self.text_encoder(ids, attention_mask=mask)[0]
+            hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states
         text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
         return text_model.final_layer_norm(hidden[-(clip_skip + 1)])
 
@@ -103,13 +109,13 @@ class PromptEncodingMixin:
 
         ``negative_prompt_embeds`` is None without classifier-free guidance; an absent ``negative_prompt`` means
         the empty prompt. Prompts longer than the tokenizer's ``model_max_length`` are cut with a warning.
-        ``lora_scale`` is accepted for Diffusers compatibility and unused.
+        ``lora_scale`` scales the text encoder's LoRA layers during this call (thread-safe).
         """
         device = self.device if device is None else device
         if prompt_embeds is None:
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
             max_length = self.tokenizer.model_max_length
-            prompt_embeds = self._text_embeddings(texts, device, clip_skip, max_length, warn=True)
+            prompt_embeds = self._text_embeddings(texts, device, clip_skip, max_length, True, lora_scale)
         batch_size = prompt_embeds.shape[0]
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
@@ -125,7 +131,9 @@ class PromptEncodingMixin:
                         f"negative_prompt has {len(negatives)} entries but prompt has {batch_size}; pass one "
                         "negative prompt, or one per prompt"
                     )
-            negative_prompt_embeds = self._text_embeddings(negatives, device, None, prompt_embeds.shape[1], False)
+            negative_prompt_embeds = self._text_embeddings(
+                negatives, device, None, prompt_embeds.shape[1], False, lora_scale
+            )
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if do_classifier_free_guidance:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
