@@ -147,3 +147,18 @@ def test_multi_positive_contrastive_pieces():
     logits = torch.zeros(3, 3)
     loss = stages.multi_positive_loss(logits, stages.fits(asks, labels))
     assert torch.isfinite(loss)
+
+
+def test_step_budget_refits_max_steps_from_recent_speed():
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(config=SimpleNamespace(max_steps=10_000), step=0)
+    budget = recipe.StepBudget(trainer, deadline=1000.0, window=100.0)
+    assert budget.refit(0.0, 0) == 10_000  # no steps yet: unchanged
+    budget.refit(100.0, 10)
+    assert budget.refit(200.0, 110) == 110 + 800  # 1 step/s over the window, 800 s left
+    assert budget.refit(300.0, 410) == 410 + 700 * 3  # the speed of the last 100 s only
+    assert budget.refit(400.0, 2000) == 10_000  # never above the ceiling
+    assert budget.refit(1200.0, 2100) == 2101  # past the deadline: stop at the next step
+    with recipe.StepBudget(trainer, deadline=None):  # no deadline: no thread
+        pass

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -65,8 +66,7 @@ TINY = Sizes(num_images=64, vae_channels=(8, 16, 16), vae_steps=3, text_hidden=3
 SHARES = {"vae": 0.15, "text_encoder": 0.10}
 """Shares of the time budget for the first two stages; the UNet gets what is left minus the evaluation's reserve."""
 EVAL_RESERVE_MINUTES = 2.0
-CACHE_SECONDS_PER_IMAGE = 0.005
-"""About what caching one image's latents takes (the UNet stage's time limit counts only its steps)."""
+
 DEFAULT_STEPS = 25
 """Inference steps of the figures (``torchdiffusion generate``'s default)."""
 DEFAULT_GUIDANCE = 7.5
@@ -87,6 +87,49 @@ def build_unet(sizes: Sizes, cross_attention_dim: int, seed: int = 0):
             up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cross_attention_dim,
             attention_head_dim=sizes.unet_heads, norm_num_groups=sizes.unet_groups,
         )  # fmt: skip
+
+
+class StepBudget:
+    """While open, a thread refits ``trainer.config.max_steps`` every ``every`` seconds so that the run ends by
+    ``deadline`` (a ``time.time()`` value; None: nothing to do), from the speed of the last ``window`` seconds
+    of steps: on shared CPUs the speed changes during a run, and one early measurement (the Trainer's own
+    ``time_limit_minutes``) can be far off. Never above the configured ceiling, never below the next step."""
+
+    def __init__(self, trainer: Any, deadline: float | None, every: float = 15.0, window: float = 180.0) -> None:
+        self.trainer, self.deadline, self.every, self.window = trainer, deadline, every, window
+        self.ceiling = trainer.config.max_steps
+        self.marks: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refit(self, now: float, step: int) -> int:
+        """Record ``(now, step)`` and set (and return) the new ``max_steps``."""
+        cfg = self.trainer.config
+        if step > 0:
+            self.marks.append((now, step))
+        self.marks = [m for m in self.marks if m[0] >= now - self.window] or self.marks[-1:]
+        if len(self.marks) >= 2 and self.marks[-1][1] > self.marks[0][1]:
+            (t0, s0), (t1, s1) = self.marks[0], self.marks[-1]
+            fit = step + int(max(0.0, self.deadline - now) * (s1 - s0) / (t1 - t0))
+            cfg.max_steps = max(step + 1, min(self.ceiling, fit))
+        elif now > self.deadline:
+            cfg.max_steps = max(step + 1, 1)
+        return cfg.max_steps
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.refit(time.time(), int(getattr(self.trainer, "step", 0)))
+
+    def __enter__(self) -> StepBudget:
+        if self.deadline is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="step-budget")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def sampling_scheduler():
@@ -168,20 +211,18 @@ def pretrain_embedded(
         base = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=sampling_scheduler(), requires_safety_checker=False)  # fmt: skip
         unet_started = time.time()
-        left = None
-        if minutes is not None:
-            reserve = 0 if tiny else EVAL_RESERVE_MINUTES + CACHE_SECONDS_PER_IMAGE * len(data) / 60
-            left = max(0.2, minutes - (time.time() - started) / 60 - reserve)
+        deadline = None if minutes is None else started + 60 * (minutes - (0 if tiny else EVAL_RESERVE_MINUTES))
         config = TrainingConfig(
             output_dir=os.path.join(work, "unet"), max_steps=sizes.unet_steps, batch_size=sizes.unet_batch_size,
             learning_rate=sizes.unet_learning_rate, lr_schedule="cosine", lr_warmup_steps=min(200, sizes.unet_steps),
             weight_decay=0.01, caption_dropout_prob=0.1, use_ema=True, ema_decay=0.999, ema_warmup=True,
             checkpointing_steps=10**9, checkpoints_total_limit=1, sample_steps=10**9, num_sample_images=0,
-            log_steps=50, progress_bar=False, seed=seed, time_limit_minutes=left,
+            log_steps=50, progress_bar=False, seed=seed,
         )  # fmt: skip
         task = TextToImageTask(base, cache_latents=True)
         trainer = Trainer(task, dataset=data, config=config)
-        result = trainer.train()
+        with StepBudget(trainer, deadline):
+            result = trainer.train()
         summary["unet"] = {"steps": result.step, "seconds": round(time.time() - unet_started),
                            "final_loss": round(sum(result.losses[-200:]) / max(1, len(result.losses[-200:])), 4)}
         say(f"      {summary['unet']}")
