@@ -1,4 +1,6 @@
-"""The ``torchdiffusion`` command: ``demo``, ``train``, ``generate`` and ``serve``.
+"""The ``torchdiffusion`` command: ``demo``, ``train``, ``generate``, ``serve`` and ``pretrain-embedded``.
+
+torchdiffusion generate "a red 7 on a blue background" --num-images 8 --out sevens.png   # the embedded model
 
 torchdiffusion demo                                   # ~2 minutes on a laptop CPU: digits, grid, loss plot
 torchdiffusion train --dataset digits --resolution 16 --steps 1500 --output-dir runs/digits
@@ -7,6 +9,7 @@ torchdiffusion train --pretrained SD_FOLDER_OR_ID --dataset captions/ --lora-ran
     --validation-prompt "a red fox"                   # text-to-image fine-tuning (full without --lora-rank)
 torchdiffusion generate SD_FOLDER "a red fox" --lora runs/lora --lora-scale 0.8 --out fox.png
 torchdiffusion serve path/to/sd-folder --port 7860   # AUTOMATIC1111's API + a web page
+torchdiffusion pretrain-embedded --output-dir runs/captioned-digits --minutes 60   # retrain the embedded model
 """
 
 from __future__ import annotations
@@ -108,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(demo, demo=True)
     train = sub.add_parser("train", help="train a diffusion model; the output folder is a pipeline folder")
     _add_train_arguments(train)
-    gen = sub.add_parser("generate", help="sample images from a pipeline folder into a grid PNG")
-    gen.add_argument("pipeline", help="a pipeline folder (e.g. what `train` wrote) or Hub id")
+    gen = sub.add_parser("generate", help="sample images from a pipeline folder into a grid PNG",
+                         description=GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    gen.add_argument("pipeline", nargs="?", default=None,
+                     help="a pipeline folder (what `train` wrote) or Hub id; omitted: the embedded model")  # fmt: skip
     gen.add_argument("prompt", nargs="?", default=None, help="the prompt (text-to-image pipelines)")
     gen.add_argument("--num-images", type=int, default=None, help="default 16; text-to-image 1")
     gen.add_argument("--scheduler", choices=sorted(SAMPLERS), default=None,
@@ -121,11 +126,44 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--class-label", default=None, help="class index or name (class-conditional pipelines)")
     gen.add_argument("--guidance-scale", type=float, default=None, help="default 2; text-to-image 7.5")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", default="grid.png")
+    gen.add_argument("--out", default=None, help="the grid PNG (default grid.png unless --out-dir is given)")
+    gen.add_argument("--out-dir", default=None, help="also (or only) write one PNG per image into this folder")
+    pre = sub.add_parser("pretrain-embedded", help="retrain the embedded text-to-image model from scratch",
+                         description=recipe_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    from .pretrained.recipe import add_arguments
+
+    add_arguments(pre)
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)
     return parser
+
+
+GENERATE_HELP = """With one positional argument that is not an existing folder and not a Hub id (owner/name, no
+spaces), the argument is the prompt and the model is the embedded one (torchdiffusion/captioned-digits):
+
+  torchdiffusion generate "a red 7 on a blue background" --num-images 8 --seed 0 --out sevens.png
+  torchdiffusion generate "a white 3 on a black background" --num-images 4 --out-dir threes/
+"""
+
+
+def recipe_doc() -> str:
+    from .pretrained import recipe
+
+    return recipe.__doc__ or ""
+
+
+def split_model_and_prompt(pipeline: str | None, prompt: str | None) -> tuple[str, str | None]:
+    """``generate``'s positional arguments -> (model, prompt): with no model, or a lone argument that is neither
+    an existing path nor shaped like a Hub id (``owner/name`` without spaces), the model is the embedded one."""
+    from .pretrained import EMBEDDED_MODEL
+
+    if pipeline is None:
+        return EMBEDDED_MODEL, prompt
+    looks_like_model = os.path.exists(pipeline) or ("/" in pipeline and not any(c.isspace() for c in pipeline))
+    if prompt is None and not looks_like_model:
+        return EMBEDDED_MODEL, pipeline
+    return pipeline, prompt
 
 
 PIXEL_DEFAULTS = {"resolution": 16, "batch_size": 64, "learning_rate": 1e-3, "lr_schedule": "cosine",
@@ -273,6 +311,17 @@ def generate(
     )  # fmt: skip
 
 
+def _save_each(images, folder: str) -> list[str]:
+    """One PNG per image ``(N, C, H, W)`` in [-1, 1]: ``folder/image_000.png``... (the folder is created)."""
+    from .utils.image_files import image_grid, save_image
+
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, f"image_{i:03d}.png") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        save_image(image_grid(image[None], cols=1, scale=1, pad=0), path)
+    return paths
+
+
 def _save_grid(images, cols, out: str) -> str:
     from .utils.image_files import image_grid, save_image
 
@@ -349,10 +398,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 what = "LoRA weights" if getattr(args, "lora_rank", None) else "pipeline folder"
                 print(f"{what}: {os.path.abspath(result.pipeline_path)} ({result.step} steps)")
             return 0
-        images, cols = generate(args.pipeline, args.num_images, args.scheduler, args.steps, args.class_label,
-                                args.guidance_scale, args.seed, args.prompt, args.lora, args.lora_scale,
+        if args.command == "pretrain-embedded":
+            from .pretrained.recipe import run_from_args
+
+            run_from_args(args)
+            return 0
+        model, prompt = split_model_and_prompt(args.pipeline, args.prompt)
+        images, cols = generate(model, args.num_images, args.scheduler, args.steps, args.class_label,
+                                args.guidance_scale, args.seed, prompt, args.lora, args.lora_scale,
                                 args.negative_prompt)  # fmt: skip
-        print(f"wrote {os.path.abspath(_save_grid(images, cols, args.out))}")
+        if args.out_dir is not None:
+            paths = _save_each(images, args.out_dir)
+            print(f"wrote {len(paths)} images into {os.path.abspath(args.out_dir)}")
+        if args.out is not None or args.out_dir is None:
+            print(f"wrote {os.path.abspath(_save_grid(images, cols, args.out or 'grid.png'))}")
         return 0
     except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"torchdiffusion {args.command}: error: {err}", file=sys.stderr)

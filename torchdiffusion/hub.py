@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .pretrained import resolve_embedded
+
 HUB_KWARGS = frozenset({"revision", "local_files_only", "cache_dir", "token", "force_download", "proxies"})
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -110,7 +112,7 @@ def try_resolve_file(
         )
     check_plain_name(filename, "filename")
     subfolder = check_subfolder(subfolder)
-    local = os.fspath(path_or_id)
+    local = os.fspath(resolve_embedded(path_or_id))  # the embedded model's name -> its folder in the package
     if os.path.isdir(local):
         path = os.path.join(local, subfolder, filename) if subfolder else os.path.join(local, filename)
         if not os.path.isfile(path):

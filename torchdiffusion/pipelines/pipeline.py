@@ -20,6 +20,7 @@ import torch
 from ..configuration import ConfigMixin
 from ..hub import HUB_KWARGS, check_plain_name, resolve_file, split_push_kwargs, upload_saved_folder
 from ..models.modeling import ModelMixin
+from ..pretrained import resolve_embedded
 from ..schedulers.scheduling_utils import SchedulerMixin
 from ..utils.json_files import read_json
 from ..utils.outputs import BaseOutput
@@ -224,6 +225,7 @@ class DiffusionPipeline(ConfigMixin):
         component has its files; ``ValueError`` if none has), ``use_safetensors``, hub options (``revision``,
         ``local_files_only``, ``cache_dir``, ``token``).
         """
+        pretrained_model_name_or_path = resolve_embedded(pretrained_model_name_or_path)  # e.g. EMBEDDED_MODEL
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in HUB_KWARGS}
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None), allow_dict=True)
         variant = kwargs.pop("variant", None)
