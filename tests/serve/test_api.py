@@ -8,6 +8,7 @@ import json
 import re
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -63,8 +64,14 @@ def test_batch_and_iterations_use_consecutive_seeds(server):
     batch = post(server, "txt2img", {**SMALL, "batch_size": 2, "n_iter": 2}).json()
     assert json.loads(batch["info"])["all_seeds"] == [7, 8, 9, 10]
     assert len(batch["images"]) == 4
+    # Image i depends on seed + i only. Same batch shape -> same bytes; a batch of one runs other matmul
+    # shapes, so its pixels may differ by a rounding step (CI's 2-thread CPU showed one value off by 1).
+    pair = post(server, "txt2img", {**SMALL, "seed": 9, "batch_size": 2}).json()
+    assert png(batch["images"][2]).tobytes() == png(pair["images"][0]).tobytes()
     alone = post(server, "txt2img", {**SMALL, "seed": 9}).json()
-    assert png(batch["images"][2]).tobytes() == png(alone["images"][0]).tobytes()  # image i depends on seed + i only
+    in_batch = np.asarray(png(batch["images"][2]), dtype=np.int16)
+    diff = np.abs(in_batch - np.asarray(png(alone["images"][0]), dtype=np.int16))
+    assert diff.max() <= 2 and diff.mean() < 0.05
 
 
 @pytest.mark.parametrize(
