@@ -90,3 +90,14 @@ def test_guidance_math():
     assert torch.equal(rescale_guidance(g, cond, 0.0), g)
     full = rescale_guidance(g, cond, 1.0)
     torch.testing.assert_close(full.std(dim=1), cond.std(dim=1))
+
+
+def test_fresh_scheduler_copies_a_diffusers_scheduler():
+    # Diffusers' ConfigMixin.__getattr__ raises KeyError (not AttributeError) for "copy": a pipeline of ours
+    # given a Diffusers scheduler must still get its per-call copy.
+    diffusers = pytest.importorskip("diffusers")
+    theirs = diffusers.DPMSolverMultistepScheduler()
+    theirs.set_timesteps(5)
+    copy = fresh_scheduler(theirs)
+    assert copy is not theirs and type(copy) is type(theirs)
+    assert torch.equal(copy.timesteps, theirs.timesteps)

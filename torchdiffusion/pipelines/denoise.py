@@ -22,10 +22,11 @@ AfterStep = Callable[[torch.Tensor, int, torch.Tensor, dict], torch.Tensor]
 def fresh_scheduler(scheduler: Any) -> Any:
     """A private copy of ``scheduler`` for one call (its step counters and timesteps are per call).
 
-    Our schedulers' ``copy()`` shares their read-only schedule tensors; anything else is deep-copied.
+    Our schedulers' ``copy()`` shares their read-only schedule tensors; anything else is deep-copied. (Looked up
+    on the class: a Diffusers scheduler's ``__getattr__`` raises ``KeyError`` for ``copy``.)
     """
-    cheap = getattr(scheduler, "copy", None)
-    return cheap() if callable(cheap) else copy.deepcopy(scheduler)
+    cheap = getattr(type(scheduler), "copy", None)
+    return scheduler.copy() if callable(cheap) else copy.deepcopy(scheduler)
 
 
 def step_kwargs(scheduler: Any, **candidates: Any) -> dict[str, Any]:
