@@ -2,7 +2,7 @@
 
 torchdiffusion generate "a red 7 on a blue background" --num-images 8 --out sevens.png   # the embedded model
 
-torchdiffusion demo                                   # ~2 minutes on a laptop CPU: digits, grid, loss plot
+torchdiffusion demo                                   # the embedded text-to-image model + LoRA, ~2 minutes
 torchdiffusion train --dataset digits --resolution 16 --steps 1500 --output-dir runs/digits
 torchdiffusion generate runs/digits --num-images 16 --scheduler sde-dpm++ --steps 25 --out grid.png
 torchdiffusion train --pretrained SD_FOLDER_OR_ID --dataset captions/ --lora-rank 8 --output-dir runs/lora \
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,29 +31,25 @@ def _channels(text: str) -> tuple[int, ...]:
     return values
 
 
-def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None:
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data and model")
-    if not demo:
-        data.add_argument("--dataset", default="digits",
-                          help="'digits' or 'captioned-digits' (built in), an image folder, or a Hub name")  # fmt: skip
-        data.add_argument("--resolution", type=int, default=None,
-                          help="image size (default 16; text-to-image: the UNet's sample size x 8)")  # fmt: skip
-        data.add_argument("--class-conditional", action="store_true", help="condition on labels (digits, subfolders)")
-        data.add_argument("--random-flip", action=argparse.BooleanOptionalAction, default=None,
-                          help="flip images left-right (default: on, off for digits)")  # fmt: skip
-        data.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
-        data.add_argument("--model-channels", type=_channels, default=None, help="UNet widths, e.g. 32,64,64")
-        data.add_argument("--layers-per-block", type=int, default=2)
+    data.add_argument("--dataset", default="digits",
+                      help="'digits' or 'captioned-digits' (built in), an image folder, or a Hub name")  # fmt: skip
+    data.add_argument("--resolution", type=int, default=None,
+                      help="image size (default 16; text-to-image: the UNet's sample size x 8)")  # fmt: skip
+    data.add_argument("--class-conditional", action="store_true", help="condition on labels (digits, subfolders)")
+    data.add_argument("--random-flip", action=argparse.BooleanOptionalAction, default=None,
+                      help="flip images left-right (default: on, off for digits)")  # fmt: skip
+    data.add_argument("--random-crop", action="store_true", help="random instead of centre crops")
+    data.add_argument("--model-channels", type=_channels, default=None, help="UNet widths, e.g. 32,64,64")
+    data.add_argument("--layers-per-block", type=int, default=2)
     run = p.add_argument_group("training")
-    run.add_argument("--output-dir", default="outputs/demo" if demo else None, required=not demo)
-    run.add_argument("--steps", type=int, default=1500, help="optimizer steps (at most)" if demo else "optimizer steps")
-    run.add_argument("--batch-size", type=int, default=32 if demo else None,
-                     help="images per step and process (default 64; text-to-image 16)")  # fmt: skip
+    run.add_argument("--output-dir", required=True)
+    run.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    run.add_argument("--batch-size", type=int, default=None, help="images per step and process (default 64; "
+                     "text-to-image 16)")  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    if demo:
-        run.add_argument("--minutes", type=float, default=2.0, help="time budget for training")
-        return
     run.add_argument("--learning-rate", type=float, default=None, help="default 1e-3; text-to-image 1e-4")
     run.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default=None,
                      help="default cosine; text-to-image constant")  # fmt: skip
@@ -77,13 +72,12 @@ def _add_train_arguments(p: argparse.ArgumentParser, demo: bool = False) -> None
     run.add_argument("--time-limit-minutes", type=float, default=None)
     run.add_argument("--gradient-checkpointing", action="store_true")
     run.add_argument("--no-progress", action="store_true")
-    if not demo:
-        run.add_argument("--push-to-hub", action="store_true", help="upload the final pipeline folder to the Hub")
-        run.add_argument("--hub-model-id", default=None, help="Hub repository id (default: the output folder's name)")
-        run.add_argument("--hub-private-repo", action="store_true")
-        run.add_argument("--report-to", choices=("tensorboard", "wandb"), default=None,
-                         help="log through accelerate's tracker (the package must be installed)")  # fmt: skip
-        _add_text_to_image_arguments(p)
+    run.add_argument("--push-to-hub", action="store_true", help="upload the final pipeline folder to the Hub")
+    run.add_argument("--hub-model-id", default=None, help="Hub repository id (default: the output folder's name)")
+    run.add_argument("--hub-private-repo", action="store_true")
+    run.add_argument("--report-to", choices=("tensorboard", "wandb"), default=None,
+                     help="log through accelerate's tracker (the package must be installed)")  # fmt: skip
+    _add_text_to_image_arguments(p)
 
 
 def _add_text_to_image_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchdiffusion", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a digits model in ~2 minutes on a CPU and show the result")
-    _add_train_arguments(demo, demo=True)
+    demo = sub.add_parser("demo", help="the embedded text-to-image model: a prompt grid, then LoRA teaches it a word")
+    demo.add_argument("--output-dir", default="outputs/demo")
+    demo.add_argument("--lora-minutes", type=float, default=1.5, help="time budget of the LoRA training")
+    demo.add_argument("--lora-steps", type=int, default=1500, help="LoRA optimizer steps (at most)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", default=None, help="another Stable Diffusion folder (default: the embedded model)")
     train = sub.add_parser("train", help="train a diffusion model; the output folder is a pipeline folder")
     _add_train_arguments(train)
     gen = sub.add_parser("generate", help="sample images from a pipeline folder into a grid PNG",
@@ -332,54 +330,14 @@ def _save_grid(images, cols, out: str) -> str:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .training.recipes import train
+    from .pretrained.demo import run_demo
 
-    out = args.output_dir
-    print(f"torchdiffusion demo: training a class-conditional diffusion model on handwritten digits (16 px) for "
-          f"about {args.minutes:g} minutes on {'the GPU' if _cuda() else 'the CPU'}...", flush=True)  # fmt: skip
-    started = time.time()
-    result = train(
-        dataset="digits",
-        resolution=16,
-        class_conditional=True,
-        output_dir=out,
-        max_steps=args.steps,
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        learning_rate=2e-3,
-        lr_warmup_steps=50,
-        time_limit_minutes=args.minutes * 0.85,
-        sample_steps=10**9,
-        checkpointing_steps=10**9,
-        checkpoints_total_limit=1,
-        num_sample_images=0,
-        log_steps=10,
-        sample_guidance_scale=2.0,
-    )
-    images, cols = generate(out, num_images=40, steps=20, guidance_scale=2.0, seed=args.seed)
-    grid = _save_grid(images, cols, os.path.join(out, "samples.png"))
-    minutes = (time.time() - started) / 60
-    loss = sum(result.losses[-50:]) / len(result.losses[-50:])
-    print(f"\ndone in {minutes:.1f} min: {result.step} steps, final loss {loss:.4f}\n")
-    print(f"  samples (one column per digit 0-9): {os.path.abspath(grid)}")
-    print(f"  loss curve:                         {os.path.abspath(os.path.join(out, 'loss.png'))}")
-    print(f"  pipeline folder:                    {os.path.abspath(out)}")
-    print("\nnext:")
-    print(f"  torchdiffusion generate {out} --class-label 7 --num-images 16 --out sevens.png")
-    print(
-        f"  python -c \"from torchdiffusion import DiffusionPipeline; p = DiffusionPipeline.from_pretrained('{out}'); "
-        "p([3, 1, 4], guidance_scale=2.0, num_inference_steps=25).images[0].save('three.png')\""
-    )
+    for name in ("lora_minutes", "lora_steps"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    print("torchdiffusion demo: the embedded text-to-image model, then a new word taught with LoRA", flush=True)
+    run_demo(args.output_dir, args.lora_minutes, args.seed, args.model, args.lora_steps)
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,14 +17,6 @@ pytest.importorskip("sklearn")
 TOL = 2e-3
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A folder written by the recipe at tiny scale, and the summary it returned."""
-    out = tmp_path_factory.mktemp("embedded") / "model"
-    summary = recipe.pretrain_embedded(out, minutes=None, tiny=True, log=None)
-    return out, summary
-
-
 def _shipped():
     try:
         return embedded_model_path()

@@ -74,11 +74,12 @@ def card_text(summary: dict[str, Any]) -> str:
         f"{_pct(te['retrieval_held_out'])} of captions naming a held-out pair find a fitting image.",
         f"3. **UNet** (`UNet2DConditionModel`, widths {tuple(sizes['unet_channels'])}, cross-attention at every "
         f"level; {params['unet']:,} parameters) trained with torchdiffusion's text-to-image trainer (frozen VAE "
-        f"and text encoder, cached latents, caption dropout 0.1, cosine noise schedule, epsilon prediction, EMA "
+        f"and text encoder, cached latents, caption dropout 0.1, Stable Diffusion's scaled-linear noise schedule, "
+        f"epsilon prediction, EMA "
         f"0.999): {unet['steps']} steps of {sizes['unet_batch_size']} in {unet['seconds']} s, final loss "
         f"{unet['final_loss']}.", "",
         f"Weights: {summary['safetensors_bytes'] / 2**20:.1f} MiB of safetensors (float32). Scheduler: "
-        "DPM-Solver++ (2M) over the cosine schedule.", "",
+        "DPM-Solver++ (2M) over the same schedule.", "",
         "## Data and license", "",
         "The glyphs are scikit-learn's `load_digits` (the UCI optical recognition of handwritten digits data set, "
         "CC BY 4.0). Code and weights: Apache-2.0.", "",

@@ -70,7 +70,10 @@ EVAL_RESERVE_MINUTES = 2.0
 DEFAULT_STEPS = 25
 """Inference steps of the figures (``torchdiffusion generate``'s default)."""
 DEFAULT_GUIDANCE = 7.5
-BETA_SCHEDULE = "squaredcos_cap_v2"
+NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "beta_end": 0.012}  # fmt: skip
+"""Stable Diffusion's training schedule. (The cosine schedule was tried first: its last step has
+``alpha_bar`` = 2.4e-9, and DPM-Solver++ from there turned small epsilon errors into noise: 8 % digit accuracy.)"""
 
 
 def build_unet(sizes: Sizes, cross_attention_dim: int, seed: int = 0):
@@ -133,10 +136,10 @@ class StepBudget:
 
 
 def sampling_scheduler():
-    """The shipped scheduler: DPM-Solver++ (2M) over the training noise schedule (cosine, 1000 steps)."""
+    """The shipped scheduler: DPM-Solver++ (2M) over the training noise schedule (:data:`NOISE_SCHEDULE`)."""
     from ..schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule=BETA_SCHEDULE, steps_offset=1)
+    return DPMSolverMultistepScheduler(**NOISE_SCHEDULE, steps_offset=1)
 
 
 def _check_minutes(minutes: Any) -> float | None:
