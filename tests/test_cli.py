@@ -91,6 +91,8 @@ def test_unconditional_train_and_generate(tmp_path, capsys):
     assert main(["generate", out, "--num-images", "2", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
     assert main(["generate", out, "--num-images", "2", "--class-label", "3", "--out", str(tmp_path / "g.png")]) == 2
     assert "class_label" in capsys.readouterr().err
+    assert main(["generate", out, "--fast", "--out", str(tmp_path / "g.png")]) == 2
+    assert "fast" in capsys.readouterr().err
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):

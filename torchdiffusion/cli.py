@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", default=None, help="a LoRA file or folder to load (text-to-image)")
     gen.add_argument("--lora-scale", type=float, default=None, help="scale of the LoRA's effect (default 1)")
     gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--steps", type=int, default=25)
+    gen.add_argument("--steps", type=int, default=None, help="default 25; with --fast the preset's")
+    gen.add_argument("--fast", action="store_true",
+                     help="text-to-image: the fast preset (fewer steps, UNet feature caching, guidance for the first "
+                          "half only; quality checked on the embedded model's yardstick)")  # fmt: skip
     gen.add_argument("--class-label", default=None, help="class index or name (class-conditional pipelines)")
     gen.add_argument("--guidance-scale", type=float, default=None, help="default 2; text-to-image 7.5")
     gen.add_argument("--seed", type=int, default=0)
@@ -267,7 +270,7 @@ def generate(
     pipeline: str,
     num_images: int | None = None,
     scheduler: str | None = None,
-    steps: int = 25,
+    steps: int | None = None,
     class_label: str | int | None = None,
     guidance_scale: float | None = None,
     seed: int = 0,
@@ -275,12 +278,16 @@ def generate(
     lora: str | None = None,
     lora_scale: float | None = None,
     negative_prompt: str | None = None,
+    fast: bool = False,
 ):
     """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in.
     A text-to-image pipeline draws ``prompt`` (``num_images`` default 1, ``guidance_scale`` 7.5, its own scheduler
-    unless ``scheduler`` names one), with the LoRA file or folder ``lora`` loaded and scaled by ``lora_scale``."""
+    unless ``scheduler`` names one), with the LoRA file or folder ``lora`` loaded and scaled by ``lora_scale``;
+    ``fast``: :data:`~torchdiffusion.pipelines.speed_options.FAST_PRESET` (``steps``, when given, wins).
+    ``steps`` defaults to 25."""
     from .pipelines.generate import generate_images, generate_text_images
     from .pipelines.pipeline import DiffusionPipeline
+    from .pipelines.speed_options import FAST_PRESET
     from .schedulers.samplers import DEFAULT_SAMPLER, check_sampler
 
     if scheduler is not None:
@@ -294,18 +301,21 @@ def generate(
             raise ValueError(f"prompt: {pipeline!r} is a text-to-image pipeline; give a prompt after the model")
         if lora is not None:
             pipe.load_lora_weights(lora)
+        preset = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"} if fast else None
+        if steps is None:
+            steps = FAST_PRESET["num_inference_steps"] if fast else 25
         return generate_text_images(
             pipe, prompt, num_images or 1, steps, sampler=scheduler, seed=seed,
             guidance_scale=7.5 if guidance_scale is None else guidance_scale, negative_prompt=negative_prompt,
-            lora_scale=lora_scale,
+            lora_scale=lora_scale, speed_options=preset,
         )  # fmt: skip
     given = [n for n, v in (("prompt", prompt), ("lora", lora), ("lora_scale", lora_scale),
-                            ("negative_prompt", negative_prompt)) if v is not None]  # fmt: skip
+                            ("negative_prompt", negative_prompt), ("fast", fast or None)) if v is not None]  # fmt: skip
     if given:
         raise ValueError(f"{', '.join(given)}: {type(pipe).__name__} is not a text-to-image pipeline")
     return generate_images(
-        pipe, num_images or 16, steps, sampler=scheduler or DEFAULT_SAMPLER, seed=seed, class_label=class_label,
-        guidance_scale=2.0 if guidance_scale is None else guidance_scale,
+        pipe, num_images or 16, 25 if steps is None else steps, sampler=scheduler or DEFAULT_SAMPLER, seed=seed,
+        class_label=class_label, guidance_scale=2.0 if guidance_scale is None else guidance_scale,
     )  # fmt: skip
 
 
@@ -364,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, prompt = split_model_and_prompt(args.pipeline, args.prompt)
         images, cols = generate(model, args.num_images, args.scheduler, args.steps, args.class_label,
                                 args.guidance_scale, args.seed, prompt, args.lora, args.lora_scale,
-                                args.negative_prompt)  # fmt: skip
+                                args.negative_prompt, args.fast)  # fmt: skip
         if args.out_dir is not None:
             paths = _save_each(images, args.out_dir)
             print(f"wrote {len(paths)} images into {os.path.abspath(args.out_dir)}")

@@ -121,6 +121,27 @@ def test_cli_generate_grid_and_one_png_per_image(tiny_model, tmp_path, capsys):
     assert len(os.listdir(tmp_path / "only")) == 3 and not (tmp_path / "grid.png").exists()
 
 
+def test_cli_generate_fast_preset(tiny_model, tmp_path, monkeypatch):
+    """--fast passes the preset's options to the call (its steps unless --steps is given)."""
+    from torchdiffusion.pipelines import generate as gen
+    from torchdiffusion.pipelines.speed_options import FAST_PRESET
+
+    seen = []
+    real = gen.generate_text_images
+
+    def spy(pipe, prompt, num_images, steps, **kw):
+        seen.append((steps, kw["speed_options"]))
+        return real(pipe, prompt, num_images, steps, **kw)
+
+    monkeypatch.setattr(gen, "generate_text_images", spy)
+    out, _ = tiny_model
+    assert cli.main(["generate", str(out), "a red 7", "--fast", "--out", str(tmp_path / "f.png")]) == 0
+    assert cli.main(["generate", str(out), "a red 7", "--fast", "--steps", "3", "--out", str(tmp_path / "g.png")]) == 0
+    options = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"}
+    assert seen == [(FAST_PRESET["num_inference_steps"], options), (3, options)]
+    assert cli.main(["generate", str(out), "a red 7", "--steps", "0", "--out", str(tmp_path / "h.png")]) == 2
+
+
 def test_recipe_bad_inputs_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="minutes"):
         recipe.pretrain_embedded(tmp_path / "m", minutes=0)

@@ -65,11 +65,13 @@ def generate_text_images(
     guidance_scale: float = 7.5,
     negative_prompt: str | None = None,
     lora_scale: float | None = None,
+    speed_options: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, int | None]:
     """``num_images`` images of ``prompt`` from a text-to-image pipeline (image ``i`` seeded ``seed + i``), with
     the named ``sampler`` (None: the pipeline's own scheduler; a name swaps it with ``from_config``, as for any
-    latent model) and LoRA layers scaled by ``lora_scale`` for this call. Returns ``(N, 3, H, W)`` in [-1, 1] and
-    None (the grid's column count: automatic)."""
+    latent model), LoRA layers scaled by ``lora_scale`` for this call and ``speed_options`` (``cache_interval``,
+    ``cache_depth``, ``guidance_end``) passed to the call. Returns ``(N, 3, H, W)`` in [-1, 1] and None (the grid's
+    column count: automatic)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty string for a text-to-image pipeline, got {prompt!r}")
     if sampler is not None:
@@ -79,6 +81,7 @@ def generate_text_images(
         pipe.scheduler = getattr(torchdiffusion, class_name).from_config(pipe.scheduler.config, **options)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_images)]
     extra = {"cross_attention_kwargs": {"scale": lora_scale}} if lora_scale is not None else {}
+    extra.update(speed_options or {})
     images = pipe([prompt] * num_images, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                   negative_prompt=negative_prompt, generator=generators, output_type="pt", **extra).images
     return images * 2 - 1, None  # fmt: skip

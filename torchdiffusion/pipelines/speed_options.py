@@ -16,12 +16,21 @@ from ..models.feature_cache import UNetFeatureCache, check_cache_arguments
 from .denoise import check_finite_number
 
 __all__ = [
+    "FAST_PRESET",
     "check_speed_options",
     "conditional_rows",
     "feature_cache_for",
     "last_guided_step",
     "unet_cache_kwargs",
 ]
+
+
+FAST_PRESET: dict[str, Any] = {"num_inference_steps": 12, "cache_interval": 2, "cache_depth": 1, "guidance_end": 0.5}
+"""The fast preset (``torchdiffusion generate --fast``; in Python ``pipe(prompt, **FAST_PRESET)``): the fastest
+combination of the speed options whose images kept the quality of full compute (25 DPM-Solver++ steps) on the
+embedded model's yardstick: every accuracy within 2 points, Fréchet distance within 10 %
+(``benchmarks/fast_quality.py`` measures it; ``benchmarks/fast_sampling.py`` times it at Stable Diffusion 1.5's
+size)."""
 
 
 def check_speed_options(
