@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,17 +15,16 @@ from torchdiffusion import cli
 from torchdiffusion.serve.app import default_model
 
 
-def test_default_model_lookup(tmp_path):
-    assert default_model(tmp_path / "absent") is None
-    assert default_model(tmp_path) is None
-    (tmp_path / "b-model").mkdir()
-    (tmp_path / "b-model" / "model_index.json").write_text("{}")
-    (tmp_path / "a-not-a-model").mkdir()
-    assert default_model(tmp_path) == str(tmp_path / "b-model")
+def test_default_model_is_the_embedded_one(monkeypatch, tmp_path):
+    from torchdiffusion import pretrained
+
+    assert default_model() == pretrained.embedded_model_path()
+    monkeypatch.setitem(pretrained._FOLDERS, pretrained.EMBEDDED_MODEL, str(tmp_path / "absent"))
+    assert default_model() is None
 
 
 def test_missing_default_model_says_pass_model(monkeypatch, capsys):
-    monkeypatch.setattr("torchdiffusion.serve.app.default_model", lambda root=None: None)
+    monkeypatch.setattr("torchdiffusion.serve.app.default_model", lambda: None)
     assert cli.main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "torchdiffusion serve: error:" in err and "MODEL" in err and "pipeline folder" in err
@@ -62,13 +62,17 @@ def test_import_torchdiffusion_does_not_import_fastapi():
     assert out.strip() == "[]"
 
 
-def test_serve_prints_the_url_and_serves(sd_folder):
+@pytest.mark.parametrize("model", ["tiny-sd", "embedded"])
+def test_serve_prints_the_url_and_serves(sd_folder, model):
+    """A given folder, and no MODEL at all: the embedded model answers a txt2img request."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "torchdiffusion", "serve", sd_folder, "--port", "0", "--workers",
+    given = [sd_folder] if model == "tiny-sd" else []
+    proc = subprocess.Popen([sys.executable, "-m", "torchdiffusion", "serve", *given, "--port", "0", "--workers",
                              "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    name = "tiny-sd" if model == "tiny-sd" else "captioned-digits"
     try:
         line = proc.stdout.readline()
-        assert "torchdiffusion serve: tiny-sd at http://127.0.0.1:" in line, (line, proc.stderr.read())
+        assert f"torchdiffusion serve: {name} at http://127.0.0.1:" in line, (line, proc.stderr.read())
         url = line.split(" at ")[1].split(" ")[0]
         for _ in range(300):  # uvicorn starts right after the line is printed
             try:
@@ -77,7 +81,11 @@ def test_serve_prints_the_url_and_serves(sd_folder):
             except httpx.ConnectError:
                 assert proc.poll() is None, proc.stderr.read()
                 time.sleep(0.05)
-        assert r.json()[0]["model_name"] == "tiny-sd"
+        assert r.json()[0]["model_name"] == name
+        if model == "embedded":
+            body = {"prompt": "a red 7 on a blue background", "steps": 4, "seed": 1}
+            answer = httpx.post(url + "sdapi/v1/txt2img", json=body, timeout=120).json()
+            assert len(answer["images"]) == 1 and json.loads(answer["info"])["seed"] == 1
     finally:
         proc.terminate()
         proc.wait(30)

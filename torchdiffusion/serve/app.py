@@ -12,7 +12,6 @@ import base64
 import binascii
 import hmac
 import logging
-import os
 import secrets
 import socket
 import time
@@ -48,17 +47,15 @@ STATIC = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "
 StepHook = Callable[[Job, int], None]
 
 
-def default_model(root: str | os.PathLike | None = None) -> str | None:
-    """The folder of the embedded text-to-image model (the first ``<root>/<name>`` holding a ``model_index.json``;
-    ``root`` defaults to ``torchdiffusion/pretrained``), or None while this install has none."""
-    if root is None:
-        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
-    if not os.path.isdir(root):
+def default_model() -> str | None:
+    """The folder of the embedded text-to-image model (:data:`torchdiffusion.pretrained.EMBEDDED_MODEL`), or None
+    when this build ships none."""
+    from ..pretrained import embedded_model_path
+
+    try:
+        return embedded_model_path()
+    except FileNotFoundError:
         return None
-    for name in sorted(os.listdir(root)):
-        if os.path.isfile(os.path.join(root, name, "model_index.json")):
-            return os.path.join(root, name)
-    return None
 
 
 def _error(status: int, error: str, detail: str, field: str | None = None, headers: dict | None = None) -> Response:
@@ -371,8 +368,8 @@ def serve(
         model = default_model()
         if model is None:
             raise ValueError(
-                "MODEL is missing and this install has no embedded text-to-image model (torchdiffusion/pretrained/ "
-                "holds none yet): pass a pipeline folder, e.g. `torchdiffusion serve path/to/stable-diffusion`"
+                "MODEL is missing and this build ships no embedded text-to-image model: pass a pipeline folder, "
+                "e.g. `torchdiffusion serve path/to/stable-diffusion`"
             )
     engine = Engine.load(model, device)
     if workers > 1 and engine.device.type == "cpu":
