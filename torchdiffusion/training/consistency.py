@@ -244,13 +244,19 @@ class LatentConsistencyTask(TextToImageTask):
                 "target_modules": list(self.unet_lora_targets)}  # fmt: skip
 
     def save(self, pipe: Any, path: str | os.PathLike, step: int, config: Any) -> str:
-        """``pytorch_lora_weights.safetensors`` (Diffusers' layout), ``scheduler_config.json`` (the matching
-        LCMScheduler: ``LCMScheduler.from_pretrained(path)``) and the model card ``README.md``."""
+        """``pytorch_lora_weights.safetensors`` (``unet.``-prefixed, for ``load_lora_weights``),
+        ``scheduler_config.json`` (the matching LCMScheduler: ``LCMScheduler.from_pretrained(path)``) and the
+        model card ``README.md``."""
+        from peft.utils import get_peft_model_state_dict
+
         from .model_card import write_model_card
 
         path = os.fspath(path)
-        layers = self.lora_layers(TextConditionedUNet(pipe.unet))
-        type(pipe).save_lora_weights(path, **layers, unet_lora_adapter_metadata=self.adapter_metadata(),
+        # peft's key layout (``unet.<module>.lora_A.weight``), as Diffusers' LCM-LoRA script writes it: with
+        # convolutions among the targets, Diffusers' mixed layout (``lora.down`` for attention only) would lose
+        # the attention adapters in Diffusers' loader, which picks one layout from the first key
+        layers = get_peft_model_state_dict(pipe.unet)
+        type(pipe).save_lora_weights(path, unet_lora_layers=layers, unet_lora_adapter_metadata=self.adapter_metadata(),
                                      safe_serialization=True)  # fmt: skip
         self.lcm_scheduler().save_config(path)
         grid = os.path.join(config.output_dir, "samples.png")
@@ -279,8 +285,8 @@ class LatentConsistencyTask(TextToImageTask):
                  "2-8 steps with `LCMScheduler` and `guidance_scale=1` (the teacher's guidance is baked in).", "",
                  "| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in settings.items()], ""]  # fmt: skip
         if config.validation_prompts:
-            lines += [f"Validation prompts ({config.sample_inference_steps} LCM steps, guidance {config.sample_guidance_scale:g}; one row "
-                      "each):", "",
+            lines += [f"Validation prompts ({config.sample_inference_steps} LCM steps, guidance "
+                      f"{config.sample_guidance_scale:g}; one row each):", "",
                       *[f"- {p}" for p in config.validation_prompts], "",
                       f"![validation grid]({grid})" if grid else "(no validation grid was drawn)", ""]  # fmt: skip
         lines += ["## Use", "", "```python", "from torchdiffusion import LCMScheduler, StableDiffusionPipeline", "",

@@ -185,7 +185,8 @@ def distill_lcm_lora(
     **options: Any,
 ):
     """Distil ``pretrained`` (a Stable Diffusion folder, Hub id, pipeline, or the embedded model's name) into an
-    LCM-LoRA on ``dataset``'s captioned images (as :func:`train_text_to_image` takes them), so that it samples in
+    LCM-LoRA on ``dataset``'s captioned images (as :func:`train_text_to_image` takes them, or a built map-style
+    data set), so that it samples in
     2-8 steps with ``LCMScheduler`` and ``guidance_scale=1``: see
     :class:`~torchdiffusion.training.consistency.LatentConsistencyTask` for the method and its arguments.
     Writes ``output_dir/pytorch_lora_weights.safetensors`` (Diffusers' layout), ``scheduler_config.json`` and
@@ -202,5 +203,8 @@ def distill_lcm_lora(
     if resolution is None:
         factor = 2 ** (len(task.vae.config.block_out_channels) - 1)
         resolution = int(task.base.unet.config.sample_size) * factor
-    data = load_captioned_dataset(dataset, resolution, caption_column, image_column, center_crop, False)
+    if isinstance(dataset, torch.utils.data.Dataset):  # already built (items with "images" and "captions")
+        data = dataset
+    else:
+        data = load_captioned_dataset(dataset, resolution, caption_column, image_column, center_crop, False)
     return Trainer(task, dataset=data, config=config).train()
