@@ -10,6 +10,7 @@ torchdiffusion train --pretrained SD_FOLDER_OR_ID --dataset captions/ --lora-ran
 torchdiffusion generate SD_FOLDER "a red fox" --lora runs/lora --lora-scale 0.8 --out fox.png
 torchdiffusion serve path/to/sd-folder --port 7860   # AUTOMATIC1111's API + a web page
 torchdiffusion pretrain-embedded --output-dir runs/captioned-digits --minutes 60   # retrain the embedded model
+torchdiffusion distill-lcm --output-dir runs/lcm --minutes 10   # LCM-LoRA: the embedded model in 4 steps
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .pretrained.recipe import add_arguments
 
     add_arguments(pre)
+    from .training.distill_cli import add_distill_lcm_parser
+
+    add_distill_lcm_parser(sub)
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub)
@@ -366,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 what = "LoRA weights" if getattr(args, "lora_rank", None) else "pipeline folder"
                 print(f"{what}: {os.path.abspath(result.pipeline_path)} ({result.step} steps)")
             return 0
+        if args.command == "distill-lcm":
+            from .training.distill_cli import run_distill_lcm
+
+            return run_distill_lcm(args)
         if args.command == "pretrain-embedded":
             from .pretrained.recipe import run_from_args
 

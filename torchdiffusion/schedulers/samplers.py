@@ -19,6 +19,7 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),  # for LCM-LoRA / LCM models: 2-8 steps, guidance_scale 1
 }
 """Sampler names of the CLI and the in-training grids -> (scheduler class, config overrides)."""
 

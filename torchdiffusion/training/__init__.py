@@ -1,5 +1,5 @@
 """Training: data, the Trainer (one process or many, via ``accelerate``) and its tasks (pixel models, text-to-image
-fine-tuning of Stable Diffusion, fully or with LoRA), EMA, losses, checkpoints, metrics.
+fine-tuning of Stable Diffusion, fully or with LoRA; LCM-LoRA distillation), EMA, losses, checkpoints, metrics.
 
 Importing this package is cheap; ``accelerate`` is imported when training starts.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .captioned import CaptionedImageFolder
 from .config import TrainingConfig
+from .consistency import LatentConsistencyTask
 from .data import (
     DigitsDataset,
     ImageFolderDataset,
@@ -30,6 +31,7 @@ __all__ = [
     "HubImageDataset",
     "ImageFolderDataset",
     "ImageTransform",
+    "LatentConsistencyTask",
     "PixelTask",
     "TextToImageTask",
     "Trainer",

@@ -47,7 +47,8 @@ def model_card(task: Any, step: int, config: Any, grid: str | None = None) -> st
 def write_model_card(folder: str, task: Any, step: int, config: Any) -> str:
     """Write ``folder/README.md`` (atomically); it shows ``samples.png`` when the folder holds one."""
     grid = "samples.png" if os.path.isfile(os.path.join(folder, "samples.png")) else None
-    text = model_card(task, step, config, grid)
+    own = getattr(task, "model_card", None)  # a task may write its own card (e.g. LCM-LoRA distillation)
+    text = own(step, config, grid) if own is not None else model_card(task, step, config, grid)
     path = os.path.join(folder, "README.md")
 
     def write(tmp: str) -> None:

@@ -9,6 +9,9 @@ clean sample ``x0`` and the model's conditioning, and turns the trained model in
 
 A task offers ``model`` (the module that is optimised), ``noise_scheduler`` (None: given to the Trainer),
 ``supports_ema``, ``latent`` (x0 is sampled from a latent distribution), and the methods of :class:`PixelTask`.
+A task with its own objective also offers ``loss(model, batch, micro_step, accelerator, config)`` -> the scalar loss
+of this process's part of the micro-batch, which the Trainer then uses instead of its denoising loss
+(:class:`~torchdiffusion.training.consistency.LatentConsistencyTask`).
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ class TextToImageTask:
     """
 
     latent = True
+    unet_lora_targets: tuple[str, ...] = UNET_LORA_TARGETS  # the modules that get adapters (a subclass may widen)
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class TextToImageTask:
             unet.requires_grad_(False)
             with torch.random.fork_rng(devices=[]):  # peft draws the initial lora_A from the global generator
                 torch.manual_seed(seed)
-                unet.add_adapter(_lora_config(lora_rank, lora_alpha, UNET_LORA_TARGETS))
+                unet.add_adapter(_lora_config(lora_rank, lora_alpha, tuple(self.unet_lora_targets)))
                 if text_encoder_lora:
                     config = _lora_config(lora_rank, lora_alpha, TEXT_ENCODER_LORA_TARGETS)
                     peft_utils.inject(self.text_encoder, config, "default")

@@ -260,6 +260,9 @@ class Trainer:
     def _micro_batch(self, batch: dict[str, Any], micro_step: int) -> torch.Tensor:
         """Loss of this process's part of micro-batch ``micro_step`` (noise etc. drawn for the global batch)."""
         cfg, device = self.config, self.accelerator.device
+        task_loss = getattr(self.task, "loss", None)
+        if task_loss is not None:  # a task with its own objective (consistency distillation): same draws' contract
+            return task_loss(self.wrapped, batch, micro_step, self.accelerator, cfg)
         shape = self.task.sample_shape(batch)
         b = len(next(iter(batch.values())))
         noise, timesteps, drop, latent_noise = draw_step_noise(
