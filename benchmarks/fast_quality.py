@@ -3,9 +3,11 @@ background accuracy, held-out pairs, Fréchet distance) at full compute vs each 
 on the same prompts and seeds, with the seconds per image (batch 1) of each.
 
 Quality holds (the issue's rule) when every accuracy is within 2 points of full compute and the Fréchet distance
-within 10 % (``ok`` column).
+within 10 % (``ok`` column). With ``--lcm-lora DIR`` (what ``torchdiffusion distill-lcm`` writes) the table gains
+``lcm 4``: 4 LCMScheduler steps at guidance 1 with those adapters. The last line times a grid of 16 (one batch) at
+full compute.
 
-    python benchmarks/fast_quality.py [--model FOLDER] [--prompts 64] [--threads 2]
+    python benchmarks/fast_quality.py [--model FOLDER] [--prompts 64] [--threads 2] [--lcm-lora DIR]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="full compute's steps (generate's default)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lcm-lora", default=None, help="an LCM-LoRA folder: adds the 'lcm 4' variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -61,12 +64,23 @@ def main() -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model or EMBEDDED_MODEL)
     pipe.set_progress_bar_config(disable=True)
+    runs = {name: (pipe, options) for name, options in variants(args.steps).items()}
+    if args.lcm_lora:
+        from torchdiffusion import LCMScheduler
+
+        lcm = StableDiffusionPipeline.from_pretrained(args.model or EMBEDDED_MODEL)
+        lcm.set_progress_bar_config(disable=True)
+        lcm.scheduler = LCMScheduler.from_config(lcm.scheduler.config)
+        lcm.load_lora_weights(args.lcm_lora)
+        runs["lcm 4"] = (lcm, {"num_inference_steps": 4, "guidance_scale": 1.0})
     yardstick = TextToImageYardstick(seed=0)
     rows, seconds = {}, {}
-    for name, options in variants(args.steps).items():
-        def generate(prompts: list[str], seed: int, options=options) -> torch.Tensor:
-            return pipe(prompts, guidance_scale=args.guidance_scale, output_type="pt",
-                        generator=torch.Generator().manual_seed(seed), **options).images  # fmt: skip
+    for name, (runner, options) in runs.items():
+
+        def generate(prompts: list[str], seed: int, runner=runner, options=options) -> torch.Tensor:
+            options = {"guidance_scale": args.guidance_scale, **options}
+            return runner(prompts, output_type="pt", generator=torch.Generator().manual_seed(seed),
+                          **options).images  # fmt: skip
 
         rows[name] = flatten(yardstick.evaluate(generate, num_per_set=args.prompts, seed=0))
         generate(["a red 7 on a blue background"], 0)  # warm-up, then one image timed (median of 5)
@@ -83,8 +97,18 @@ def main() -> None:
     print(f"{'variant':18s} " + " ".join(f"{h:>{8 if h == 'FD' else 6}s}" for h in head) + " ok")
     for name, row in rows.items():
         ok = all(row[k] >= full[k] - 0.02 for k in ("digit", "fg", "bg", "held_out")) and row["fd"] <= 1.1 * full["fd"]
-        print(f"{name:18s} {row['digit']:6.3f} {row['fg']:6.3f} {row['bg']:6.3f} {row['held_out']:6.3f} "
-              f"{row['fd']:8.2f} {seconds[name]:7.3f} {seconds[name] / seconds['full']:6.2f}x {'yes' if ok else 'NO'}")
+        print(
+            f"{name:18s} {row['digit']:6.3f} {row['fg']:6.3f} {row['bg']:6.3f} {row['held_out']:6.3f} "
+            f"{row['fd']:8.2f} {seconds[name]:7.3f} {seconds[name] / seconds['full']:6.2f}x {'yes' if ok else 'NO'}"
+        )
+    grid = ["a red 7 on a blue background"] * 16
+    pipe(grid, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, output_type="pt")
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        pipe(grid, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, output_type="pt")
+        times.append(time.perf_counter() - t)
+    print(f"a grid of 16 (one batch) at full compute: {sorted(times)[1]:.2f} s")
 
 
 if __name__ == "__main__":
