@@ -12,12 +12,14 @@ noise hits all alike (after a 1-step warm-up call of each, not counted):
     guidance_end   + guidance_end (classifier-free guidance for the first fraction of the steps only)
     tiny_vae       + AutoencoderTiny (TAESD layout, random weights) as the decoder
     all            all of the above
+    preset         FAST_PRESET, what ``generate --fast`` does (its own step count, cache and guidance_end)
+    preset+tiny    the preset with the tiny VAE
 
 Prints median seconds per image and the ratios to Diffusers and to ours at defaults.
 
     python benchmarks/fast_sampling.py [--size 64] [--steps 20] [--runs 2] [--threads 2]
         [--cache-interval 3] [--cache-depth 1] [--guidance-end 0.5] [--widths 320,640,1280,1280]
-        [--vae-widths 128,256,512,512]
+        [--vae-widths 128,256,512,512] [--variants diffusers,ours,preset]
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--guidance-end", type=float, default=0.5)
     parser.add_argument("--widths", default="320,640,1280,1280", help="UNet block widths (narrow: a smoke run)")
     parser.add_argument("--vae-widths", default="128,256,512,512", help="VAE block widths (SD 1.5's by default)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset to time (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -93,6 +96,7 @@ def main() -> None:
     import diffusers
 
     import torchdiffusion as td
+    from torchdiffusion.pipelines.speed_options import FAST_PRESET
 
     with tempfile.TemporaryDirectory() as tmp:  # the random weights, saved once, loaded by both libraries
         folder = save_sd15_shaped(os.path.join(tmp, "sd15_shaped"), widths, vae_widths, args.size)
@@ -110,28 +114,39 @@ def main() -> None:
         "guidance_end": (ours, guidance),
         "tiny_vae": (ours_tiny, {}),
         "all": (ours_tiny, {**cache, **guidance}),
+        "preset": (ours, dict(FAST_PRESET)),
+        "preset+tiny": (ours_tiny, dict(FAST_PRESET)),
     }
+    if args.variants:
+        chosen = args.variants.split(",")
+        unknown = sorted(set(chosen) - set(variants))
+        if unknown:
+            parser.error(f"--variants: unknown {unknown}; choose from {sorted(variants)}")
+        variants = {name: variants[name] for name in variants if name in chosen}
     print(
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads {args.threads}, "
         f"{args.size * 8} x {args.size * 8} (latent {args.size}), {args.steps} steps, CFG {args.guidance_scale}, "
-        f"UNet widths {widths}; cache {cache}, {guidance}"
+        f"UNet widths {widths}; cache {cache}, {guidance}; preset {FAST_PRESET}"
     )
     times: dict[str, list[float]] = {name: [] for name in variants}
     for run in range(args.runs + 1):  # round 0: a 1-step warm-up call of each variant
         for name, (pipe, options) in variants.items():
             start = time.perf_counter()
             with torch.no_grad():
+                call = {"num_inference_steps": args.steps, **options}
+                if not run:
+                    call["num_inference_steps"] = 1
                 pipe(
-                    "a photo of the cat", num_inference_steps=args.steps if run else 1,
-                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(0), output_type="np",
-                    **options,
+                    "a photo of the cat", guidance_scale=args.guidance_scale, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **call,
                 )  # fmt: skip
             if run:
                 times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"{'variant':14s} {'s/image':>9s} {'/diffusers':>11s} {'/ours':>7s}")
+    base, ref = med.get("diffusers", float("nan")), med.get("ours", float("nan"))
     for name, seconds in med.items():
-        print(f"{name:14s} {seconds:9.2f} {seconds / med['diffusers']:10.2f}x {seconds / med['ours']:6.2f}x")
+        print(f"{name:14s} {seconds:9.2f} {seconds / base:10.2f}x {seconds / ref:6.2f}x")
 
 
 if __name__ == "__main__":
