@@ -343,8 +343,20 @@ def _save_grid(images, cols, out: str) -> str:
     return out
 
 
+def _quiet_weight_loading() -> None:
+    """Hide transformers' "Loading weights" bars in commands that load a text-to-image pipeline and print their own
+    progress (a Python caller keeps transformers' default)."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # the text extra is missing: loading the text encoder reports that
+        return
+    transformers_logging.disable_progress_bar()
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from .pretrained.demo import run_demo
+
+    _quiet_weight_loading()
 
     for name in ("lora_minutes", "lora_steps"):
         if not getattr(args, name) > 0:
@@ -380,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_from_args(args)
             return 0
         model, prompt = split_model_and_prompt(args.pipeline, args.prompt)
+        if prompt is not None:
+            _quiet_weight_loading()
         images, cols = generate(model, args.num_images, args.scheduler, args.steps, args.class_label,
                                 args.guidance_scale, args.seed, prompt, args.lora, args.lora_scale,
                                 args.negative_prompt, args.fast)  # fmt: skip
