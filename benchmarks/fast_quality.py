@@ -34,6 +34,7 @@ def variants(full_steps: int) -> dict[str, dict]:
         "cache 2": {"num_inference_steps": full_steps, "cache_interval": 2, "cache_depth": 1},
         "cache 3": {"num_inference_steps": full_steps, "cache_interval": 3, "cache_depth": 1},
         "guidance_end 0.5": {"num_inference_steps": full_steps, "guidance_end": 0.5},
+        "20: cache 3 + ge 0.5": {"num_inference_steps": 20, "cache_interval": 3, "cache_depth": 1, "guidance_end": 0.5},
         "preset": dict(FAST_PRESET),
     }
 
