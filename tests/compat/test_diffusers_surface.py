@@ -288,6 +288,8 @@ TINY_MODELS = {
     "UNet2DModel": dict(UNET2D_BASE, sample_size=8),
     "UNet2DConditionModel": dict(UNET_COND_BASE, sample_size=8),
     "AutoencoderKL": dict(VAE_BASE, sample_size=16),
+    "AutoencoderTiny": dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                            num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)),  # fmt: skip
 }
 
 
