@@ -36,3 +36,64 @@ def test_distill_lcm_defaults_to_the_embedded_model_and_captioned_digits(tiny_mo
     lcm = pipe("a red 7", num_inference_steps=4, guidance_scale=1.0, output_type="np",
                generator=torch.Generator().manual_seed(0)).images  # fmt: skip
     assert lcm.shape == plain.shape == (1, 32, 32, 3) and np.isfinite(lcm).all()
+
+
+def _shipped_lcm():
+    from torchdiffusion.pretrained import embedded_lcm_lora_path, embedded_model_path
+
+    try:
+        embedded_model_path()
+    except FileNotFoundError:
+        pytest.skip("this build ships no embedded model")
+    folder = embedded_lcm_lora_path()
+    assert folder is not None, "the embedded model ships with its LCM-LoRA"
+    return folder
+
+
+def test_shipped_lcm_lora_gives_diffusers_images():
+    """The shipped LCM-LoRA loads here and in Diffusers (peft) and gives the same 4-step images, unlike no LoRA."""
+    diffusers = pytest.importorskip("diffusers")
+    import torchdiffusion as td
+    from torchdiffusion.pretrained import embedded_model_path
+
+    lcm = _shipped_lcm()
+    images = []
+    for lib in (diffusers, td):
+        pipe = lib.StableDiffusionPipeline.from_pretrained(embedded_model_path(), safety_checker=None)
+        pipe.scheduler = lib.LCMScheduler.from_pretrained(lcm)
+        pipe.set_progress_bar_config(disable=True)
+        call = dict(num_inference_steps=4, guidance_scale=1.0, output_type="np")
+        if lib is td:
+            plain = pipe(["a green 4"], generator=torch.Generator().manual_seed(0), **call).images
+        pipe.load_lora_weights(lcm)
+        images.append(pipe(["a red 7 on a blue background", "a green 4"], generator=torch.Generator().manual_seed(0),
+                           **call).images)  # fmt: skip
+    assert abs(images[0] - images[1]).max() <= 2e-3
+    assert abs(images[1][1] - plain[0]).mean() > 0.02  # the adapters change the image
+
+
+def test_generate_fast_on_the_embedded_model_uses_its_lcm_lora(monkeypatch, tmp_path):
+    """--fast on the embedded model: its LCM-LoRA, LCMScheduler, 4 steps, guidance 1, no speed options; with
+    --scheduler (or --lora) it falls back to FAST_PRESET."""
+    from torchdiffusion import cli
+    from torchdiffusion.pipelines import generate as gen
+    from torchdiffusion.pipelines.speed_options import FAST_PRESET
+
+    _shipped_lcm()
+    seen = []
+    real = gen.generate_text_images
+
+    def spy(pipe, prompt, num_images, steps, **kw):
+        seen.append((type(pipe.scheduler).__name__, steps, kw["guidance_scale"], kw["speed_options"],
+                     len(pipe.get_active_adapters())))  # fmt: skip
+        return real(pipe, prompt, num_images, steps, **kw)
+
+    monkeypatch.setattr(gen, "generate_text_images", spy)
+    assert cli.main(["generate", "a green 4", "--fast", "--num-images", "2", "--out", str(tmp_path / "a.png")]) == 0
+    assert seen[-1] == ("LCMScheduler", 4, 1.0, None, 1)
+    assert cli.main(["generate", "a green 4", "--fast", "--steps", "2", "--out", str(tmp_path / "b.png")]) == 0
+    assert seen[-1][:3] == ("LCMScheduler", 2, 1.0)
+    assert cli.main(["generate", "a green 4", "--fast", "--scheduler", "dpm++", "--steps", "3",
+                     "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
+    options = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"}
+    assert seen[-1] == ("DPMSolverMultistepScheduler", 3, 7.5, options, 0)

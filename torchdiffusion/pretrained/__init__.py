@@ -3,8 +3,9 @@
 ``StableDiffusionPipeline.from_pretrained("torchdiffusion/captioned-digits")`` (the name is
 :data:`EMBEDDED_MODEL`) loads the folder shipped inside the package, offline; :func:`embedded_model_path` returns
 that folder (a Diffusers Stable Diffusion folder: ``diffusers.StableDiffusionPipeline.from_pretrained(path)``
-loads it too). :mod:`.recipe` retrains it from scratch (``torchdiffusion pretrain-embedded``); :mod:`.tokenizer`
-writes its tokenizer files. Importing this package imports nothing heavy.
+loads it too); :func:`embedded_lcm_lora_path` its LCM-LoRA (4-step sampling). :mod:`.recipe` retrains it from
+scratch (``torchdiffusion pretrain-embedded``); :mod:`.tokenizer` writes its tokenizer files.
+Importing this package imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def embedded_model_path(name: str = EMBEDDED_MODEL) -> str:
         raise FileNotFoundError(f"this build of torchdiffusion ships no trained {name!r} (no {folder}); "
                                 "train it with `torchdiffusion pretrain-embedded --output-dir DIR`")  # fmt: skip
     return folder
+
+
+def embedded_lcm_lora_path() -> str | None:
+    """The folder of the embedded model's LCM-LoRA (``pytorch_lora_weights.safetensors`` and the matching
+    ``scheduler_config.json`` of ``LCMScheduler``: 4 steps at ``guidance_scale=1``), or None when this build ships
+    none. Made by ``torchdiffusion distill-lcm`` (the command is in its ``README.md``)."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captioned-digits-lcm")
+    return folder if os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")) else None
 
 
 def resolve_embedded(name_or_path: Any) -> Any:
