@@ -26,7 +26,8 @@ __all__ = [
 
 
 FAST_PRESET: dict[str, Any] = {"num_inference_steps": 25, "cache_interval": 3, "cache_depth": 1, "guidance_end": 0.5}
-"""The fast preset (``torchdiffusion generate --fast``; in Python ``pipe(prompt, **FAST_PRESET)``): the fastest
+"""The fast preset (``torchdiffusion generate --fast`` on models without a shipped LCM-LoRA; in Python
+``pipe(prompt, **FAST_PRESET)``): the fastest
 combination of the speed options whose images kept the quality of full compute (25 DPM-Solver++ steps) on the
 embedded model's yardstick: every accuracy within 2 points, Fréchet distance within 10 %
 (``benchmarks/fast_quality.py`` measures it; ``benchmarks/fast_sampling.py`` times it at Stable Diffusion 1.5's
