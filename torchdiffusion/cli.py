@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--steps", type=int, default=None, help="default 25; with --fast the preset's")
     gen.add_argument("--fast", action="store_true",
-                     help="text-to-image: the embedded model's LCM-LoRA (4 steps, no guidance); other models the "
-                          "fast preset (UNet feature caching every 3rd step, guidance for the first half only); "
+                     help="text-to-image: with an LCM-LoRA (--lora from distill-lcm, or the embedded model's) 4 "
+                          "steps, no guidance; otherwise the fast preset (UNet feature caching every 3rd step, "
+                          "guidance for the first half only); "
                           "both keep the quality of full compute on the embedded model's yardstick")  # fmt: skip
     gen.add_argument("--class-label", default=None, help="class index or name (class-conditional pipelines)")
     gen.add_argument("--guidance-scale", type=float, default=None, help="default 2; text-to-image 7.5")
@@ -288,8 +289,9 @@ def generate(
     """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in.
     A text-to-image pipeline draws ``prompt`` (``num_images`` default 1, ``guidance_scale`` 7.5, its own scheduler
     unless ``scheduler`` names one), with the LoRA file or folder ``lora`` loaded and scaled by ``lora_scale``;
-    ``fast``: on the embedded model (without ``lora`` or ``scheduler``) its shipped LCM-LoRA, 4 LCM steps at
-    guidance 1; elsewhere :data:`~torchdiffusion.pipelines.speed_options.FAST_PRESET` (given ``steps`` and
+    ``fast``: with an LCM-LoRA (``lora`` a folder ``distill-lcm`` wrote, or on the embedded model without
+    ``lora`` its shipped one; no ``scheduler``) 4 LCM steps at guidance 1; elsewhere
+    :data:`~torchdiffusion.pipelines.speed_options.FAST_PRESET` (given ``steps`` and
     ``guidance_scale`` win). ``steps`` defaults to 25."""
     from .pipelines.generate import generate_images, generate_text_images
     from .pipelines.pipeline import DiffusionPipeline
@@ -305,16 +307,17 @@ def generate(
     if getattr(pipe, "text_encoder", None) is not None:
         if prompt is None:
             raise ValueError(f"prompt: {pipeline!r} is a text-to-image pipeline; give a prompt after the model")
-        lcm = _embedded_lcm_lora(pipeline) if fast and lora is None and scheduler is None else None
-        if lcm is not None:  # the embedded model's distilled fast path: 4 LCM steps, no guidance
+        lcm = None
+        if fast and scheduler is None:  # a distilled fast path: the given LCM-LoRA, or the embedded model's
+            lcm = (lora if _is_lcm_lora(lora) else None) if lora is not None else _embedded_lcm_lora(pipeline)
+        if lcm is not None:  # 4 LCM steps, no guidance
             from . import LCMScheduler
 
-            pipe.load_lora_weights(lcm)
             pipe.scheduler = LCMScheduler.from_pretrained(lcm)
             steps = 4 if steps is None else steps
             guidance_scale = 1.0 if guidance_scale is None else guidance_scale
-        if lora is not None:
-            pipe.load_lora_weights(lora)
+        if lcm is not None or lora is not None:
+            pipe.load_lora_weights(lcm or lora)
         fast_options = fast and lcm is None
         preset = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"} if fast_options else None
         if steps is None:
@@ -332,6 +335,17 @@ def generate(
         pipe, num_images or 16, 25 if steps is None else steps, sampler=scheduler or DEFAULT_SAMPLER, seed=seed,
         class_label=class_label, guidance_scale=2.0 if guidance_scale is None else guidance_scale,
     )  # fmt: skip
+
+
+def _is_lcm_lora(path: str) -> bool:
+    """Whether ``path`` is a LoRA folder with an ``LCMScheduler`` config beside it (what ``distill-lcm`` writes)."""
+    import json
+
+    config = os.path.join(path, "scheduler_config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config, encoding="utf-8") as f:
+        return json.load(f).get("_class_name") == "LCMScheduler"
 
 
 def _embedded_lcm_lora(pipeline: str) -> str | None:

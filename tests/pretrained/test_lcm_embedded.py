@@ -73,8 +73,8 @@ def test_shipped_lcm_lora_gives_diffusers_images():
 
 
 def test_generate_fast_on_the_embedded_model_uses_its_lcm_lora(monkeypatch, tmp_path):
-    """--fast on the embedded model: its LCM-LoRA, LCMScheduler, 4 steps, guidance 1, no speed options; with
-    --scheduler (or --lora) it falls back to FAST_PRESET."""
+    """--fast on the embedded model: its LCM-LoRA, LCMScheduler, 4 steps, guidance 1, no speed options; the same
+    with --lora naming an LCM-LoRA folder; with --scheduler it falls back to FAST_PRESET."""
     from torchdiffusion import cli
     from torchdiffusion.pipelines import generate as gen
     from torchdiffusion.pipelines.speed_options import FAST_PRESET
@@ -93,7 +93,21 @@ def test_generate_fast_on_the_embedded_model_uses_its_lcm_lora(monkeypatch, tmp_
     assert seen[-1] == ("LCMScheduler", 4, 1.0, None, 1)
     assert cli.main(["generate", "a green 4", "--fast", "--steps", "2", "--out", str(tmp_path / "b.png")]) == 0
     assert seen[-1][:3] == ("LCMScheduler", 2, 1.0)
+    lcm = _shipped_lcm()
+    assert cli.main(["generate", "a green 4", "--fast", "--lora", lcm, "--out", str(tmp_path / "d.png")]) == 0
+    assert seen[-1] == ("LCMScheduler", 4, 1.0, None, 1)  # a given LCM-LoRA folder: the same fast path
     assert cli.main(["generate", "a green 4", "--fast", "--scheduler", "dpm++", "--steps", "3",
                      "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
     options = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"}
     assert seen[-1] == ("DPMSolverMultistepScheduler", 3, 7.5, options, 0)
+
+
+def test_is_lcm_lora_reads_the_scheduler_config_beside_the_weights(tmp_path):
+    from torchdiffusion.cli import _is_lcm_lora
+
+    assert not _is_lcm_lora(str(tmp_path))  # no scheduler_config.json
+    (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
+    assert not _is_lcm_lora(str(tmp_path))
+    (tmp_path / "scheduler_config.json").write_text('{"_class_name": "LCMScheduler"}')
+    assert _is_lcm_lora(str(tmp_path))
+    assert not _is_lcm_lora(str(tmp_path / "pytorch_lora_weights.safetensors"))
