@@ -163,6 +163,7 @@ def run_demo(output_dir: str = "outputs/demo", lora_minutes: float = 1.5, seed: 
     figures["total_seconds"] = round(time.perf_counter() - started, 1)
     log(f"\ndone in {figures['total_seconds'] / 60:.1f} min. Next:")
     log('  torchdiffusion generate "a red 7 on a blue background" --num-images 8 --out sevens.png')
+    log('  torchdiffusion generate "a green 4 on a white background" --fast --num-images 16 --out fast.png   # 4 steps')
     log(f"  torchdiffusion generate \"{NEW_PROMPTS[0]}\" --lora {result.output_dir} --num-images 8 --out pink.png")
     log("  torchdiffusion train --dataset digits --class-conditional --output-dir runs/digits   # pixel-space model")
     return figures
