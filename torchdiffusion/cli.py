@@ -293,7 +293,7 @@ def generate(
     ``lora`` its shipped one; no ``scheduler``) 4 LCM steps at guidance 1; elsewhere
     :data:`~torchdiffusion.pipelines.speed_options.FAST_PRESET` (given ``steps`` and
     ``guidance_scale`` win). ``steps`` defaults to 25."""
-    from .pipelines.generate import generate_images, generate_text_images
+    from .pipelines.generate import generate_images, generate_text_images, lcm_lora_for
     from .pipelines.pipeline import DiffusionPipeline
     from .pipelines.speed_options import FAST_PRESET
     from .schedulers.samplers import DEFAULT_SAMPLER, check_sampler
@@ -307,9 +307,7 @@ def generate(
     if getattr(pipe, "text_encoder", None) is not None:
         if prompt is None:
             raise ValueError(f"prompt: {pipeline!r} is a text-to-image pipeline; give a prompt after the model")
-        lcm = None
-        if fast and scheduler is None:  # a distilled fast path: the given LCM-LoRA, or the embedded model's
-            lcm = (lora if _is_lcm_lora(lora) else None) if lora is not None else _embedded_lcm_lora(pipeline)
+        lcm = lcm_lora_for(pipeline, lora) if fast and scheduler is None else None
         if lcm is not None:  # 4 LCM steps, no guidance
             from . import LCMScheduler
 
@@ -335,33 +333,6 @@ def generate(
         pipe, num_images or 16, 25 if steps is None else steps, sampler=scheduler or DEFAULT_SAMPLER, seed=seed,
         class_label=class_label, guidance_scale=2.0 if guidance_scale is None else guidance_scale,
     )  # fmt: skip
-
-
-def _is_lcm_lora(path: str) -> bool:
-    """Whether ``path`` is a LoRA folder with an ``LCMScheduler`` config beside it (what ``distill-lcm`` writes)."""
-    import json
-
-    config = os.path.join(path, "scheduler_config.json")
-    if not os.path.isfile(config):
-        return False
-    with open(config, encoding="utf-8") as f:
-        return json.load(f).get("_class_name") == "LCMScheduler"
-
-
-def _embedded_lcm_lora(pipeline: str) -> str | None:
-    """The shipped LCM-LoRA folder when ``pipeline`` names or is the embedded model's folder, else None."""
-    import importlib.util
-
-    from .pretrained import EMBEDDED_MODEL, embedded_lcm_lora_path, resolve_embedded
-
-    if importlib.util.find_spec("peft") is None:  # the LoRA extra is missing: the option preset instead
-        return None
-    try:
-        embedded = resolve_embedded(EMBEDDED_MODEL)
-    except FileNotFoundError:
-        return None
-    same = pipeline == EMBEDDED_MODEL or (os.path.isdir(pipeline) and os.path.samefile(pipeline, embedded))
-    return embedded_lcm_lora_path() if same else None
 
 
 def _save_each(images, folder: str) -> list[str]:

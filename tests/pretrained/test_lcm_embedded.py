@@ -103,7 +103,7 @@ def test_generate_fast_on_the_embedded_model_uses_its_lcm_lora(monkeypatch, tmp_
 
 
 def test_is_lcm_lora_reads_the_scheduler_config_beside_the_weights(tmp_path):
-    from torchdiffusion.cli import _is_lcm_lora
+    from torchdiffusion.pipelines.generate import is_lcm_lora as _is_lcm_lora
 
     assert not _is_lcm_lora(str(tmp_path))  # no scheduler_config.json
     (tmp_path / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')

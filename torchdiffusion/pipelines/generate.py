@@ -1,10 +1,13 @@
 """Images for a grid from a trained pixel-space pipeline (:class:`DDPMPipeline` or
 :class:`ClassConditionalPipeline`): one seeded generator per image, class labels that cycle through the classes
 (or one chosen class), classifier-free guidance where the model was trained for it. ``torchdiffusion generate``
-and the Trainer's sample grids both draw their images here, so the two agree image for image."""
+and the Trainer's sample grids both draw their images here, so the two agree image for image. Also the
+text-to-image draw of ``generate`` and the LCM-LoRA its ``--fast`` picks (:func:`lcm_lora_for`)."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import torch
@@ -85,3 +88,29 @@ def generate_text_images(
     images = pipe([prompt] * num_images, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                   negative_prompt=negative_prompt, generator=generators, output_type="pt", **extra).images
     return images * 2 - 1, None  # fmt: skip
+
+
+def is_lcm_lora(path: str) -> bool:
+    """Whether ``path`` is a LoRA folder with an ``LCMScheduler`` config beside it (what ``distill-lcm`` writes)."""
+    from ..utils.json_files import read_json
+
+    config = os.path.join(path, "scheduler_config.json")
+    return os.path.isfile(config) and read_json(config).get("_class_name") == "LCMScheduler"
+
+
+def lcm_lora_for(pipeline: str, lora: str | None) -> str | None:
+    """The LCM-LoRA folder ``generate --fast`` samples with: ``lora`` when it is one (:func:`is_lcm_lora`); without
+    ``lora``, the embedded model's shipped one when ``pipeline`` names or is the embedded model's folder (and peft,
+    the LoRA extra, is installed); else None (the option preset)."""
+    if lora is not None:
+        return lora if is_lcm_lora(lora) else None
+    from ..pretrained import EMBEDDED_MODEL, embedded_lcm_lora_path, resolve_embedded
+
+    if importlib.util.find_spec("peft") is None:
+        return None
+    try:
+        embedded = resolve_embedded(EMBEDDED_MODEL)
+    except FileNotFoundError:
+        return None
+    same = pipeline == EMBEDDED_MODEL or (os.path.isdir(pipeline) and os.path.samefile(pipeline, embedded))
+    return embedded_lcm_lora_path() if same else None
