@@ -230,6 +230,72 @@ def rss_child(folder: str, lora: bool, batch_size: int, resolution: int, steps: 
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "baseline_mb": baseline}))
 
 
+SIDES = ("diffusers (tutorial loop)", "ours, cached latents", "ours, no cache")
+
+
+def make_side(name: str, folder: str, data: Images, batch_size: int, lora: bool):
+    """One side of the comparison: a generator of step times and its set-up seconds (the cache build included)."""
+    if name == SIDES[0]:
+        return diffusers_steps(folder, data, batch_size, lora), 0.0
+    trainer, setup = our_trainer(folder, data, batch_size, lora, name == SIDES[1])
+    return ours_steps(trainer), setup
+
+
+def breakdown(name: str, folder: str, data: Images, batch_size: int, lora: bool, steps: int) -> dict[str, float]:
+    """Median seconds per phase of one side's step (its first step is a warm-up and not counted)."""
+    if name == SIDES[0]:
+        phases: dict[str, list[float]] = {}
+        gen = diffusers_steps(folder, data, batch_size, lora, phases)
+        for _ in range(steps + 1):
+            next(gen)
+        return {k: statistics.median(v[1:]) for k, v in phases.items()}
+    return our_phases(folder, data, batch_size, lora, name == SIDES[1], steps)
+
+
+def side_child(folder: str, lora: bool, index: int, what: str, args) -> None:
+    """``--isolate``'s child: one side's timed steps (after a warm-up step) or its phase breakdown, as JSON."""
+    data = Images(max(4 * args.batch_size, 8), args.resolution)
+    if what == "phases":
+        print(json.dumps(breakdown(SIDES[index], folder, data, args.batch_size, lora, args.steps)))
+        return
+    gen, setup = make_side(SIDES[index], folder, data, args.batch_size, lora)
+    next(gen)
+    print(json.dumps({"times": [next(gen) for _ in range(args.steps)], "setup": setup}))
+
+
+def run_child(args, *extra: str) -> str:
+    cmd = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(args.resolution), "--batch-size",
+           str(args.batch_size), "--steps", str(args.steps), *extra]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+
+
+def timings(folder: str, data: Images, lora: bool, args) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Step times of each side over ``args.rounds`` rounds (the sides take turns within a round, so load changes
+    hit all alike) and each side's set-up seconds. With ``--isolate`` each side's round runs in a fresh process
+    (one model in memory at a time: SD 1.5's full fine-tune needs ~17 GB for weights, gradients, AdamW and EMA)."""
+    times: dict[str, list[float]] = {name: [] for name in SIDES}
+    setups: dict[str, float] = {}
+    if args.isolate:
+        kind = "lora" if lora else "full"
+        for r in range(args.rounds):
+            order = list(range(len(SIDES)))
+            for i in order[r % 3 :] + order[: r % 3]:  # rotate which side goes first
+                out = json.loads(run_child(args, "--side-child", folder, kind, str(i), "times"))
+                times[SIDES[i]] += out["times"]
+                setups[SIDES[i]] = out["setup"]
+        return times, setups
+    gens = {}
+    for name in SIDES:
+        gens[name], setups[name] = make_side(name, folder, data, args.batch_size, lora)
+        next(gens[name])  # warm-up step (allocation, first-call costs)
+    for _ in range(args.rounds):
+        for name, gen in gens.items():
+            times[name] += [next(gen) for _ in range(args.steps)]
+    return times, setups
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -238,66 +304,56 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--isolate", action="store_true", help="each side's round in its own process (default for "
+                        "--preset sd, whose three full fine-tunes do not fit in memory together)")  # fmt: skip
     parser.add_argument("--rss-child", nargs=2, metavar=("FOLDER", "KIND"), help=argparse.SUPPRESS)
+    parser.add_argument("--side-child", nargs=4, metavar=("FOLDER", "KIND", "SIDE", "WHAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    resolution = args.resolution or PRESETS[args.preset][3]
+    args.resolution = args.resolution or PRESETS[args.preset][3]
+    args.isolate = args.isolate or args.preset == "sd"
     if args.rss_child:
-        rss_child(args.rss_child[0], args.rss_child[1] == "lora", args.batch_size, resolution, max(2, args.steps))
+        rss_child(args.rss_child[0], args.rss_child[1] == "lora", args.batch_size, args.resolution, max(2, args.steps))
+        return
+    if args.side_child:
+        folder, kind, index, what = args.side_child
+        side_child(folder, kind == "lora", int(index), what, args)
         return
     import diffusers
 
     folder = build_folder(args.preset)
-    data = Images(max(4 * args.batch_size, 8), resolution)
-    print(f"preset {args.preset}, {resolution} px, batch {args.batch_size}, torch {torch.__version__}, diffusers "
-          f"{diffusers.__version__}, threads {torch.get_num_threads()}")  # fmt: skip
+    data = Images(max(4 * args.batch_size, 8), args.resolution)
+    print(f"preset {args.preset}, {args.resolution} px, batch {args.batch_size}, torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}, threads {torch.get_num_threads()}"
+          + (", each side's round in its own process" if args.isolate else ""))  # fmt: skip
     for lora in (False, True):
         kind = f"LoRA rank {RANK}" if lora else "full fine-tune + EMA"
-        cached, cached_setup = our_trainer(folder, data, args.batch_size, lora, True)
-        plain, plain_setup = our_trainer(folder, data, args.batch_size, lora, False)
-        sides = {
-            "diffusers (tutorial loop)": diffusers_steps(folder, data, args.batch_size, lora),
-            "ours, cached latents": ours_steps(cached),
-            "ours, no cache": ours_steps(plain),
-        }
-        times: dict[str, list[float]] = {name: [] for name in sides}
-        for gen in sides.values():
-            next(gen)  # warm-up step (allocation, first-call costs)
-        for _ in range(args.rounds):
-            for name, gen in sides.items():
-                times[name] += [next(gen) for _ in range(args.steps)]
+        times, setups = timings(folder, data, lora, args)
         rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
         print(f"\n{kind}: images/s")
         for name, r in rate.items():
             print(f"  {name:28s} {r:8.2f}")
-        base = rate["diffusers (tutorial loop)"]
-        print(f"  ratio ours/diffusers: cached {rate['ours, cached latents'] / base:.2f}x, "
-              f"no cache {rate['ours, no cache'] / base:.2f}x")  # fmt: skip
-        build = cached_setup - plain_setup
-        print(f"  building the cache of {len(data)} images took ~{build:.2f} s (once per run)")
-        del sides, cached, plain
-        phases: dict = {}
-        gen = diffusers_steps(folder, data, args.batch_size, lora, phases)
-        for _ in range(args.steps + 1):
-            next(gen)
+        base = rate[SIDES[0]]
+        print(f"  ratio ours/diffusers: cached {rate[SIDES[1]] / base:.2f}x, no cache {rate[SIDES[2]] / base:.2f}x")
+        print(f"  building the cache of {len(data)} images took ~{setups[SIDES[1]] - setups[SIDES[2]]:.2f} s "
+              "(once per run)")  # fmt: skip
         print("  where a step's time goes (median ms):")
-        print("    diffusers: " + ", ".join(f"{k} {statistics.median(v[1:]) * 1e3:.1f}" for k, v in phases.items()))
-        for cache in (False, True):
-            ours = our_phases(folder, data, args.batch_size, lora, cache, args.steps)
-            label = "ours cached" if cache else "ours       "
-            print(f"    {label}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in ours.items()))
-    peaks = {}
-    for kind in ("full", "lora"):
-        cmd = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(resolution), "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--rss-child", folder, kind]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        peaks[kind] = json.loads(out)
+        for name, label in zip(SIDES, ("diffusers  ", "ours cached", "ours       ")):
+            if args.isolate:
+                phases = json.loads(run_child(args, "--side-child", folder, "lora" if lora else "full",
+                                              str(SIDES.index(name)), "phases"))  # fmt: skip
+            else:
+                phases = breakdown(name, folder, data, args.batch_size, lora, args.steps)
+            print(f"    {label}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in phases.items()))
+    peaks = {kind: json.loads(run_child(args, "--rss-child", folder, kind)) for kind in ("full", "lora")}
     big, small = peaks["full"], peaks["lora"]
-    print(f"\npeak RSS (own process each): full {big['peak_rss_mb']:.0f} MB, LoRA {small['peak_rss_mb']:.0f} MB, "
-          f"ratio LoRA/full {small['peak_rss_mb'] / big['peak_rss_mb']:.2f}; above the {big['baseline_mb']:.0f} MB "
-          f"of the imported libraries: full {big['peak_rss_mb'] - big['baseline_mb']:.0f} MB, LoRA "
-          f"{small['peak_rss_mb'] - small['baseline_mb']:.0f} MB (the ratio means something at SD-shaped sizes)")
+    print(
+        f"\npeak RSS (own process each): full {big['peak_rss_mb']:.0f} MB, LoRA {small['peak_rss_mb']:.0f} MB, "
+        f"ratio LoRA/full {small['peak_rss_mb'] / big['peak_rss_mb']:.2f}; above the {big['baseline_mb']:.0f} MB "
+        f"of the imported libraries: full {big['peak_rss_mb'] - big['baseline_mb']:.0f} MB, LoRA "
+        f"{small['peak_rss_mb'] - small['baseline_mb']:.0f} MB (the ratio means something at SD-shaped sizes)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class AutoencoderTinyOutput(BaseOutput):
 def _run(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``layers(x)`` with channels-last maps on the CPU; a nearest x2 ``Upsample`` followed by a 3x3 conv runs as
     one sub-pixel convolution when :func:`upsample_conv` applies."""
-    if use_channels_last(x):
+    if use_channels_last(x, layers):
         x = x.contiguous(memory_format=torch.channels_last)
     mods = list(layers)
     i = 0

@@ -296,7 +296,7 @@ class UNet2DModel(ModelMixin, ConfigMixin):
         timesteps = self._timesteps(timestep, sample)
         emb = self._embedding(timesteps, class_labels)
 
-        if use_channels_last(sample):
+        if use_channels_last(sample, self):
             sample = sample.contiguous(memory_format=torch.channels_last)
         deep = None if feature_cache is None else feature_cache.lookup(self, sample)
         live = len(self.down_blocks) if feature_cache is None else feature_cache.depth

@@ -295,7 +295,7 @@ class UNet2DConditionModel(ModelMixin, ConfigMixin):
         if down_block_additional_residuals is not None and not is_controlnet:  # legacy T2I-Adapter call
             intrablock = list(down_block_additional_residuals)
 
-        if use_channels_last(sample):  # NHWC feature maps inside: oneDNN's fast convolutions, free token views
+        if use_channels_last(sample, self):  # NHWC feature maps inside: oneDNN's fast convolutions, free token views
             sample = sample.contiguous(memory_format=torch.channels_last)
         deep = None if feature_cache is None else feature_cache.lookup(self, sample)
         live = len(self.down_blocks) if feature_cache is None else feature_cache.depth

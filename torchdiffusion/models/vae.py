@@ -90,7 +90,7 @@ class Encoder(nn.Module):
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)`` -> ``(B, 2 * out_channels, H / f, W / f)``."""
-        sample = conv2d(self.conv_in, _layout(sample))
+        sample = conv2d(self.conv_in, _layout(sample, self))
         for block in self.down_blocks:
             sample = checkpointed(self, block, sample)
         sample = checkpointed(self, self.mid_block, sample)
@@ -155,16 +155,17 @@ class Decoder(nn.Module):
         """``(B, in_channels, h, w)`` -> ``(B, out_channels, h * f, w * f)``."""
         if latent_embeds is not None:
             raise ValueError("latent_embeds is only used by spatial-norm decoders, which are not supported")
-        sample = conv2d(self.conv_in, _layout(sample))
+        sample = conv2d(self.conv_in, _layout(sample, self))
         sample = checkpointed(self, self.mid_block, sample)
         for block in self.up_blocks:
             sample = checkpointed(self, block, sample)
         return conv2d(self.conv_out, group_norm_act(sample, self.conv_norm_out, self.conv_act)).contiguous()
 
 
-def _layout(x: torch.Tensor) -> torch.Tensor:
-    """Channels-last feature maps on the CPU (the layers' fast path); outputs go back to plain NCHW."""
-    return x.contiguous(memory_format=torch.channels_last) if use_channels_last(x) else x
+def _layout(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Channels-last feature maps for CPU inference (the layers' fast path; see ``use_channels_last``); outputs go
+    back to plain NCHW."""
+    return x.contiguous(memory_format=torch.channels_last) if use_channels_last(x, model) else x
 
 
 class DiagonalGaussianDistribution:

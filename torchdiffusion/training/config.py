@@ -32,7 +32,8 @@ class TrainingConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: the task's choice (channels-last for pixel-space models, NCHW for
+    # latent ones: on latent maps of <= 32x32 oneDNN's NHWC backward kernels lose; benchmarks/t2i_train_throughput.py)
     gradient_checkpointing: bool = False
     # the objective
     prediction_type: str | None = None  # None: the noise scheduler's

@@ -9,6 +9,7 @@ reproducible, resumable to the bit, and gives the same loss on N processes as on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -85,6 +86,8 @@ class Trainer:
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__") or len(dataset) == 0:
             raise ValueError("dataset must be a non-empty map-style data set (len() and [index])")
         self.task = task or PixelTask(model, dataset, config.class_dropout_prob)
+        if config.channels_last is None:  # pixel-space maps (>= 32 px) train faster NHWC, small latent maps NCHW
+            config = dataclasses.replace(config, channels_last=not self.task.latent)
         self.config = config
         scheduler_type = noise_scheduler.config.get("prediction_type", "epsilon")
         self.prediction_type = config.prediction_type or scheduler_type

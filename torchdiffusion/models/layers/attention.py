@@ -183,7 +183,7 @@ class Attention(nn.Module):
             out = out.view(batch, height, width, self.out_dim).permute(0, 3, 1, 2)
         if self.residual_connection:
             if needs_graph(out, residual):
-                out = out + residual
+                out = residual + out  # the residual's memory format (see cpu_kernels.residual_add)
             else:
                 out = out.add_(residual)
         if self.rescale_output_factor != 1:

@@ -12,7 +12,9 @@
 * :func:`group_norm_act` is GroupNorm then an activation, the activation applied in place when no graph is
   recorded (one feature-map allocation fewer); channels-last maps of 64-256 pixels take a reduction-based
   GroupNorm (PyTorch's channels-last kernel is slow there). :func:`residual_add` reuses memory for residual sums.
-* :func:`use_channels_last` says whether a model should carry its feature maps channels-last.
+* :func:`use_channels_last` says whether a model should carry its feature maps channels-last: at inference on the
+  CPU, yes; while a graph is recorded through the model (training), the input keeps its layout (NCHW from the
+  trainer), because oneDNN's NHWC backward kernels lose on narrow maps (see the function).
 """
 
 from __future__ import annotations
@@ -29,9 +31,20 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.ndim == 4 and x.is_contiguous(memory_format=_CL) and not x.is_contiguous()
 
 
-def use_channels_last(x: torch.Tensor) -> bool:
-    """The default layout policy: channels-last feature maps on the CPU (oneDNN's fastest convolution path)."""
-    return x.device.type == "cpu" and x.ndim == 4
+def records_graph(model: nn.Module, *tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records a graph through ``model`` (a parameter that requires grad: training, LoRA
+    included) or through one of ``tensors``."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in model.parameters())
+
+
+def use_channels_last(x: torch.Tensor, model: nn.Module | None = None) -> bool:
+    """The layout policy: channels-last feature maps on the CPU (oneDNN's fastest forward convolutions), except
+    while autograd records a graph through ``model``: then the caller keeps ``x``'s own layout. On an AVX-512 CPU
+    oneDNN's NHWC backward kernels were 1.3-1.6x slower than the NCHW ones per 3x3 conv on 2x2-4x4 maps, and an SD
+    1.5-shaped UNet's whole backward 1.6x slower (``benchmarks/t2i_train_throughput.py``)."""
+    return x.device.type == "cpu" and x.ndim == 4 and (model is None or not records_graph(model, x))
 
 
 def needs_graph(*tensors: torch.Tensor | None) -> bool:
@@ -278,7 +291,9 @@ def residual_add(x: torch.Tensor, residual: torch.Tensor, scale: float = 1.0) ->
     (``x`` must be a temporary the caller owns)."""
     inplace_ok = x.dtype == residual.dtype and _broadcasts_into(residual.shape, x.shape)
     if not inplace_ok or needs_graph(x, residual):
-        out = x + residual
+        # the first operand decides a sum's memory format: keep the residual stream's (``x`` is often a permuted
+        # token view, channels-last in memory, which would turn an NCHW training graph channels-last)
+        out = residual + x if residual.shape == x.shape else x + residual
         return out / scale if scale != 1 else out
     out = x.add_(residual)
     return out.div_(scale) if scale != 1 else out
