@@ -333,7 +333,7 @@ def main() -> None:
         rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
         print(f"\n{kind}: images/s")
         for name, r in rate.items():
-            print(f"  {name:28s} {r:8.2f}")
+            print(f"  {name:28s} {r:8.3g}")
         base = rate[SIDES[0]]
         print(f"  ratio ours/diffusers: cached {rate[SIDES[1]] / base:.2f}x, no cache {rate[SIDES[2]] / base:.2f}x")
         print(f"  building the cache of {len(data)} images took ~{setups[SIDES[1]] - setups[SIDES[2]]:.2f} s "

@@ -52,6 +52,35 @@ def test_channels_last_input_gives_same_result():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+
+def test_training_keeps_the_input_layout_and_gradients_match_channels_last():
+    """Under autograd the model keeps the input's layout (NCHW stays NCHW through the attention blocks, whose token
+    views are channels-last in memory); the values and gradients equal the channels-last run's."""
+    from torchdiffusion.models.layers.cpu_kernels import records_graph, use_channels_last
+
+    model = _model().train()
+    x, ctx = _inputs()
+    assert records_graph(model) and not use_channels_last(x, model) and use_channels_last(x)
+    with torch.no_grad():
+        assert not records_graph(model) and use_channels_last(x, model)
+    layouts = []
+    hook = model.down_blocks[0].attentions[0].register_forward_hook(
+        lambda m, i, out: layouts.append(out.is_contiguous())
+    )
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        model.zero_grad()
+        out = model(x.contiguous(memory_format=memory_format), 5, ctx).sample
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    hook.remove()
+    assert layouts == [True, False]  # NCHW in, NCHW through the transformer; channels-last in, channels-last
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    frozen = _model().requires_grad_(False)
+    assert not records_graph(frozen) and records_graph(frozen, x.requires_grad_())
+
 def test_num_attention_heads_is_the_real_head_count():
     quirky = _model(attention_head_dim=4)
     explicit = _model(num_attention_heads=4, attention_head_dim=99)

@@ -75,6 +75,14 @@ def test_cached_and_uncached_runs_agree(tiny_sd_dir, data, tmp_path):
     assert diff < 1e-3, diff
 
 
+
+def test_latent_training_defaults_to_nchw_and_channels_last_gives_the_same_losses(tiny_sd_dir, data, tmp_path):
+    options = {"max_steps": 2, "num_validation_images": 0, "seed": 5}
+    nchw, a = _run(tiny_sd_dir, data, tmp_path / "a", {"lora_rank": 4}, **options)
+    cl, b = _run(tiny_sd_dir, data, tmp_path / "b", {"lora_rank": 4}, channels_last=True, **options)
+    assert nchw.config.channels_last is False and cl.config.channels_last is True
+    assert a.losses == pytest.approx(b.losses, rel=1e-4)
+
 def test_text_encoder_lora_trains_and_is_saved(tiny_sd_dir, data, tmp_path):
     trainer, result = _run(tiny_sd_dir, data, tmp_path, {"lora_rank": 2, "text_encoder_lora": True},
                            learning_rate=1e-2)  # fmt: skip

@@ -156,12 +156,23 @@ def test_lr_warmup_then_cosine():
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"adam_betas": (0.9,)}, "adam_betas"),
         ({"checkpoints_total_limit": 0}, "checkpoints_total_limit"),
+        ({"channels_last": "yes"}, "channels_last"),
+        ({"channels_last": 1}, "channels_last"),
     ],
 )
 def test_bad_config(options, name):
     with pytest.raises(ValueError, match=name):
         TrainingConfig(**options)
 
+
+
+def test_channels_last_default_is_the_tasks_choice(digits, tmp_path):
+    """None (the default): channels-last for a pixel-space model; an explicit choice is kept."""
+    assert TrainingConfig().channels_last is None
+    pixel = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path))
+    assert pixel.config.channels_last is True
+    plain = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), channels_last=False)
+    assert plain.config.channels_last is False
 
 def test_bad_trainer_arguments(digits, tmp_path):
     with pytest.raises(TypeError, match="model"):

@@ -127,6 +127,9 @@ class TrainingConfig:
         number("ema_inv_gamma", 0.0, open_lo=True)
         number("ema_power", 0.0, open_lo=True)
         number("sample_guidance_scale", 0.0)
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            got = self.channels_last
+            raise ValueError(f"channels_last must be True, False or None (the task's choice), got {got!r}")
         if self.max_grad_norm is not None:
             number("max_grad_norm", 0.0, open_lo=True)
         if self.time_limit_minutes is not None:
