@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--steps", type=int, default=None, help="default 25; with --fast the preset's")
     gen.add_argument("--fast", action="store_true",
-                     help="text-to-image: with an LCM-LoRA (--lora from distill-lcm, or the embedded model's) 4 "
+                     help="text-to-image: with an LCM-LoRA (--lora from distill-lcm, any --lora with --scheduler "
+                          "lcm, or the embedded model's) 4 "
                           "steps, no guidance; otherwise the fast preset (UNet feature caching every 3rd step, "
                           "guidance for the first half only); "
                           "both keep the quality of full compute on the embedded model's yardstick")  # fmt: skip
@@ -289,11 +290,11 @@ def generate(
     """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in.
     A text-to-image pipeline draws ``prompt`` (``num_images`` default 1, ``guidance_scale`` 7.5, its own scheduler
     unless ``scheduler`` names one), with the LoRA file or folder ``lora`` loaded and scaled by ``lora_scale``;
-    ``fast``: with an LCM-LoRA (``lora`` a folder ``distill-lcm`` wrote, or on the embedded model without
-    ``lora`` its shipped one; no ``scheduler``) 4 LCM steps at guidance 1; elsewhere
+    ``fast``: with an LCM-LoRA (``lora`` a folder ``distill-lcm`` wrote or any ``lora`` with ``scheduler="lcm"``,
+    or on the embedded model without ``lora`` its shipped one) 4 LCM steps at guidance 1; elsewhere
     :data:`~torchdiffusion.pipelines.speed_options.FAST_PRESET` (given ``steps`` and
     ``guidance_scale`` win). ``steps`` defaults to 25."""
-    from .pipelines.generate import generate_images, generate_text_images, lcm_lora_for
+    from .pipelines.generate import generate_images, generate_text_images, use_lcm_lora
     from .pipelines.pipeline import DiffusionPipeline
     from .pipelines.speed_options import FAST_PRESET
     from .schedulers.samplers import DEFAULT_SAMPLER, check_sampler
@@ -307,11 +308,9 @@ def generate(
     if getattr(pipe, "text_encoder", None) is not None:
         if prompt is None:
             raise ValueError(f"prompt: {pipeline!r} is a text-to-image pipeline; give a prompt after the model")
-        lcm = lcm_lora_for(pipeline, lora) if fast and scheduler is None else None
+        lcm = use_lcm_lora(pipe, pipeline, lora, scheduler) if fast else None
         if lcm is not None:  # 4 LCM steps, no guidance
-            from . import LCMScheduler
-
-            pipe.scheduler = LCMScheduler.from_pretrained(lcm)
+            scheduler = None
             steps = 4 if steps is None else steps
             guidance_scale = 1.0 if guidance_scale is None else guidance_scale
         if lcm is not None or lora is not None:

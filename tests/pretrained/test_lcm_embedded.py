@@ -100,6 +100,17 @@ def test_generate_fast_on_the_embedded_model_uses_its_lcm_lora(monkeypatch, tmp_
                      "--out", str(tmp_path / "c.png")]) == 0  # fmt: skip
     options = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"}
     assert seen[-1] == ("DPMSolverMultistepScheduler", 3, 7.5, options, 0)
+    # a Hub-style LCM-LoRA (the weights alone, no scheduler config): --scheduler lcm says what it is
+    import shutil
+
+    bare = tmp_path / "lcm-lora-bare"
+    bare.mkdir()
+    shutil.copy(os.path.join(lcm, "pytorch_lora_weights.safetensors"), bare)
+    assert cli.main(["generate", "a green 4", "--fast", "--lora", str(bare), "--out", str(tmp_path / "e.png")]) == 0
+    assert seen[-1][0] != "LCMScheduler" and seen[-1][1:] == (25, 7.5, options, 1)  # not recognised: the preset
+    assert cli.main(["generate", "a green 4", "--fast", "--lora", str(bare), "--scheduler", "lcm",
+                     "--out", str(tmp_path / "f.png")]) == 0  # fmt: skip
+    assert seen[-1] == ("LCMScheduler", 4, 1.0, None, 1)
 
 
 def test_is_lcm_lora_reads_the_scheduler_config_beside_the_weights(tmp_path):

@@ -98,10 +98,14 @@ def is_lcm_lora(path: str) -> bool:
     return os.path.isfile(config) and read_json(config).get("_class_name") == "LCMScheduler"
 
 
-def lcm_lora_for(pipeline: str, lora: str | None) -> str | None:
-    """The LCM-LoRA folder ``generate --fast`` samples with: ``lora`` when it is one (:func:`is_lcm_lora`); without
-    ``lora``, the embedded model's shipped one when ``pipeline`` names or is the embedded model's folder (and peft,
-    the LoRA extra, is installed); else None (the option preset)."""
+def lcm_lora_for(pipeline: str, lora: str | None, scheduler: str | None = None) -> str | None:
+    """The LCM-LoRA (file, folder or Hub id) ``generate --fast`` samples with: ``lora`` when it is one
+    (:func:`is_lcm_lora`) or when ``scheduler`` is ``"lcm"`` (the user says so: Diffusers' Hub LCM-LoRAs carry no
+    scheduler config); without ``lora``, the embedded model's shipped one when ``pipeline`` names or is the embedded
+    model's folder (and peft, the LoRA extra, is installed); else None (the option preset). Another ``scheduler``:
+    None."""
+    if scheduler is not None:
+        return lora if scheduler == "lcm" else None
     if lora is not None:
         return lora if is_lcm_lora(lora) else None
     from ..pretrained import EMBEDDED_MODEL, embedded_lcm_lora_path, resolve_embedded
@@ -114,3 +118,16 @@ def lcm_lora_for(pipeline: str, lora: str | None) -> str | None:
         return None
     same = pipeline == EMBEDDED_MODEL or (os.path.isdir(pipeline) and os.path.samefile(pipeline, embedded))
     return embedded_lcm_lora_path() if same else None
+
+
+def use_lcm_lora(pipe: Any, pipeline: str, lora: str | None, scheduler: str | None = None) -> str | None:
+    """``generate --fast``'s LCM step: when :func:`lcm_lora_for` finds an LCM-LoRA, put an ``LCMScheduler`` on
+    ``pipe`` (the LoRA folder's config where it has one, else built from ``pipe``'s own scheduler config, as for
+    Diffusers' Hub LCM-LoRAs) and return the LoRA to load; else None (nothing changed)."""
+    lcm = lcm_lora_for(pipeline, lora, scheduler)
+    if lcm is not None:
+        from ..schedulers.lcm import LCMScheduler
+
+        own = is_lcm_lora(lcm)
+        pipe.scheduler = LCMScheduler.from_pretrained(lcm) if own else LCMScheduler.from_config(pipe.scheduler.config)
+    return lcm
