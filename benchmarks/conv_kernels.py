@@ -2,10 +2,11 @@
 ``cpu_kernels._winograd_conv3x3`` (F(2x2, 3x3) in plain PyTorch ops: transforms + one batched GEMM), and the GEMM
 alone.
 
-``cpu_kernels.WINOGRAD_MIN_OUT_CHANNELS`` / ``WINOGRAD_MIN_SIZE`` decide which layers take the Winograd path; rerun
-this on a new machine (AVX-512, AMX, more cores) before moving them. On the 2-core AVX2 EPYC of the CI machines the
-Winograd GEMM (K = input channels) runs at ~45-55 GMAC/s against ~80 for the direct kernel (K = 9 x input
-channels), so Winograd wins only from ~256 channels.
+``cpu_kernels.WINOGRAD_RULES`` (one entry per CPU kind: AVX2, AVX-512) decide which layers take the Winograd path;
+rerun this on a new machine (AMX, more cores, another vendor) before moving them. On the 2-core AVX2 EPYC of the CI
+machines the Winograd GEMM (K = input channels) runs at ~45-55 GMAC/s against ~80 for the direct kernel (K = 9 x
+input channels), so Winograd wins from ~256 channels; on a 2-core AVX-512 Zen 5 the direct kernel runs at 230-280
+GMAC/s up to 640 channels and Winograd wins only on 1280-channel layers (``--batch 2 --shapes 1280x1280@8 ...``).
 
     python benchmarks/conv_kernels.py [--batch 16] [--threads N] [--shapes 64x64@32 128x128@16 ...]
 

@@ -305,6 +305,7 @@ def test_wide_vae_decoder_winograd_and_subpixel_paths_match(monkeypatch):
         return phase(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "_winograd_conv3x3", count_winograd)
+    monkeypatch.setattr(kernels, "WINOGRAD", kernels.WINOGRAD_RULES["AVX2"])  # the rules that take 256 channels
     monkeypatch.setattr(kernels, "_phase_kernels", count_phase)
     config = dict(
         block_out_channels=(128, 256),

@@ -254,11 +254,12 @@ def test_upsample_conv_subpixel_path_has_plain_gradients(size):
 @pytest.mark.parametrize(
     "in_channels,out_channels,size,batch", [(192, 128, (4, 4), 32), (256, 256, (8, 8), 4), (200, 128, (10, 12), 9)]
 )
-def test_conv2d_winograd_path_equals_direct(in_channels, out_channels, size, batch):
+def test_conv2d_winograd_path_equals_direct(in_channels, out_channels, size, batch, monkeypatch):
     """Wide 3x3 layers take the Winograd F(2x2, 3x3) path in inference; same values, channels-last out, and the
     cached transformed kernels follow in-place weight updates."""
     from torchdiffusion.models.layers import cpu_kernels
 
+    monkeypatch.setattr(cpu_kernels, "WINOGRAD", cpu_kernels.WINOGRAD_RULES["AVX2"])  # the widest rules
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1)
     x = torch.randn(batch, in_channels, *size).contiguous(memory_format=torch.channels_last)
@@ -282,8 +283,13 @@ def test_conv2d_winograd_path_equals_direct(in_channels, out_channels, size, bat
         )
 
 
-def test_conv2d_winograd_applies_only_where_it_pays():
+def test_conv2d_winograd_applies_only_where_it_pays(monkeypatch):
     from torchdiffusion.models.layers import cpu_kernels
+
+    avx512 = cpu_kernels.WINOGRAD_RULES["AVX512"]
+    expected = "AVX512" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "AVX2"
+    assert cpu_kernels.WINOGRAD is cpu_kernels.WINOGRAD_RULES[expected]  # this CPU's rules
+    monkeypatch.setattr(cpu_kernels, "WINOGRAD", cpu_kernels.WINOGRAD_RULES["AVX2"])
 
     def conv(c_in: int, c_out: int, **kw) -> torch.nn.Conv2d:
         return torch.nn.Conv2d(c_in, c_out, 3, padding=1, **kw)
@@ -307,6 +313,12 @@ def test_conv2d_winograd_applies_only_where_it_pays():
     assert not cpu_kernels._use_winograd(wide, x(4, 256, 17, 16))  # odd height
     assert not cpu_kernels._use_winograd(wide, x(64, 256, 2, 2))  # map below the minimum size
     assert not cpu_kernels._use_winograd(wide, x(2, 256, 16, 16).double())
+    # AVX-512: only SD's 1280-channel levels (oneDNN's direct kernel is fast up to 640 channels there)
+    assert cpu_kernels._use_winograd(conv(1280, 1280), x(2, 1280, 8, 8), avx512)
+    assert cpu_kernels._use_winograd(conv(2560, 1280), x(2, 2560, 16, 16), avx512)
+    assert not cpu_kernels._use_winograd(conv(640, 640), x(2, 640, 32, 32), avx512)
+    assert not cpu_kernels._use_winograd(conv(512, 512), x(1, 512, 32, 32), avx512)  # an SD VAE decoder level
+    assert not cpu_kernels._use_winograd(wide, x(2, 256, 16, 16), avx512)
     # under autograd the direct kernel runs (training keeps oneDNN's backward)
     out = cpu_kernels.conv2d(
         wide, torch.randn(2, 256, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()

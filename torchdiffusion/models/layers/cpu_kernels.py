@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,13 +84,28 @@ def _cl_weight(weight: torch.Tensor) -> torch.Tensor:
 # reduces over 9x as many); narrow outputs pay only on small maps (on large ones the transforms' memory passes
 # dominate, and above 64x64 they do for every width, as in a VAE's high-resolution levels); and ~20 small ops need
 # enough work to amortise them. On 4x4-8x8 maps of wide layers the direct kernel is itself slow, and Winograd wins.
-WINOGRAD_MIN_IN_CHANNELS = 192
-WINOGRAD_MIN_OUT_CHANNELS = 128
-WINOGRAD_WIDE_OUT_CHANNELS = 256  # outputs narrower than this take Winograd only on maps of <= 256 pixels
-WINOGRAD_SMALL_MAP = 256
-WINOGRAD_MIN_SIZE = 4
-WINOGRAD_MAX_MAP = 64 * 64  # pixels per image
-WINOGRAD_MIN_MACS = 100_000_000  # multiply-adds of the direct convolution
+@dataclass(frozen=True)
+class WinogradRules:
+    """Which 3x3 layers take the Winograd path on one kind of CPU (see :func:`_use_winograd`)."""
+
+    min_in_channels: int
+    min_out_channels: int
+    wide_out_channels: int  # outputs narrower than this take Winograd only on maps of <= small_map pixels
+    small_map: int = 256
+    min_size: int = 4
+    max_map: int = 64 * 64  # pixels per image
+    min_macs: int = 100_000_000  # multiply-adds of the direct convolution
+
+
+WINOGRAD_RULES = {
+    # 2-core AVX2 EPYC: direct kernel ~80 GMAC/s, the Winograd GEMM 45-55; Winograd wins from ~192-256 channels.
+    "AVX2": WinogradRules(min_in_channels=192, min_out_channels=128, wide_out_channels=256),
+    # 2-core Zen 5 with AVX-512: direct 230-280 GMAC/s up to 640 channels (Winograd 1.1-1.3x slower there), but
+    # 70-160 GMAC/s for 1280-channel layers on <= 16x16 maps (5 on 4x4): Winograd wins only at SD's deepest widths
+    # (0.4-0.7x at batch 2; December 2026).
+    "AVX512": WinogradRules(min_in_channels=1024, min_out_channels=1024, wide_out_channels=1024),
+}
+WINOGRAD = WINOGRAD_RULES["AVX512" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "AVX2"]
 # Kernel transform G (4x3) of F(2, 3): U = G g G^T per (out, in) channel pair.
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
@@ -101,16 +118,18 @@ def _winograd_kernels(weight: torch.Tensor) -> torch.Tensor:
     return kernels.reshape(16, weight.shape[1], weight.shape[0]).contiguous()
 
 
-def _use_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` takes the Winograd path (the rules above; the caller checks that no graph is recorded)."""
+def _use_winograd(conv: nn.Conv2d, x: torch.Tensor, rules: WinogradRules | None = None) -> bool:
+    """Whether ``conv(x)`` takes the Winograd path under ``rules`` (default :data:`WINOGRAD`, this CPU's); the
+    caller checks that no graph is recorded."""
+    rules = rules or WINOGRAD
     if not (
         conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
         and conv.padding == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
-        and conv.in_channels >= WINOGRAD_MIN_IN_CHANNELS
-        and conv.out_channels >= WINOGRAD_MIN_OUT_CHANNELS
+        and conv.in_channels >= rules.min_in_channels
+        and conv.out_channels >= rules.min_out_channels
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and is_channels_last(x)
@@ -121,10 +140,10 @@ def _use_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     return (
         height % 2 == 0
         and width % 2 == 0
-        and min(height, width) >= WINOGRAD_MIN_SIZE
-        and pixels <= WINOGRAD_MAX_MAP
-        and (conv.out_channels >= WINOGRAD_WIDE_OUT_CHANNELS or pixels <= WINOGRAD_SMALL_MAP)
-        and batch * pixels * conv.in_channels * conv.out_channels * 9 >= WINOGRAD_MIN_MACS
+        and min(height, width) >= rules.min_size
+        and pixels <= rules.max_map
+        and (conv.out_channels >= rules.wide_out_channels or pixels <= rules.small_map)
+        and batch * pixels * conv.in_channels * conv.out_channels * 9 >= rules.min_macs
     )
 
 
