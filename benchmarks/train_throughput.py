@@ -6,10 +6,11 @@ Four sides, each timed over the same work per step: fetch the batch, draw noise 
 backward, then whatever the side's settings add (gradient clipping, the optimizer step, EMA):
 
 * ``diffusers, its defaults``: the tutorials' loop (DataLoader, add_noise, forward, MSE, backward, plain AdamW);
-* ``ours, its defaults``: the Trainer step (channels-last, clipping at 1.0, fused AdamW, EMA, lr schedule);
-* ``diffusers, our settings``: the tutorials' loop given the same settings (channels-last model and inputs, clipping at
-  1.0, fused AdamW, Diffusers' own EMAModel with the same decay schedule);
-* ``ours, Diffusers' settings``: the Trainer with channels-last, clipping and EMA off and a plain AdamW.
+* ``ours, its defaults``: the Trainer step (channels-last in fp32, NCHW under bf16; clipping at 1.0, fused AdamW,
+  EMA, lr schedule);
+* ``diffusers, our settings``: the tutorials' loop given the same settings (our layout, bf16 autocast with
+  ``--mixed-precision bf16``, clipping at 1.0, fused AdamW, Diffusers' own EMAModel with the same decay schedule);
+* ``ours, Diffusers' settings``: the Trainer in fp32 and NCHW, clipping and EMA off, a plain AdamW.
 
 Printed: the defaults-vs-defaults ratio (what a user of each gets) and the two same-settings ratios (the library
 itself). Rounds alternate between the sides so load changes hit all alike; median step times are compared.
@@ -39,9 +40,12 @@ SEED_UNET = {
 LR = 4e-4
 
 
-def peer_steps(batch_size: int, ours_settings: bool):
-    """The tutorials' loop on Diffusers (with our Trainer's default settings if ``ours_settings``), as a generator of
-    step times; the timer covers fetching the batch too."""
+def peer_steps(batch_size: int, ours_settings: bool, mixed_precision: str = "no"):
+    """The tutorials' loop on Diffusers (with our Trainer's default settings if ``ours_settings``: its layout, bf16
+    autocast when ``mixed_precision`` is bf16, clipping, fused AdamW, EMA), as a generator of step times; the timer
+    covers fetching the batch too."""
+    import contextlib
+
     import diffusers
     from diffusers.training_utils import EMAModel
 
@@ -53,8 +57,11 @@ def peer_steps(batch_size: int, ours_settings: bool):
     model = diffusers.UNet2DModel(**SEED_UNET)
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     ema = None
-    if ours_settings:
+    channels_last = ours_settings and mixed_precision == "no"  # our Trainer's choice on the CPU
+    bf16 = ours_settings and mixed_precision == "bf16"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if ours_settings:
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), fused=True)
         ema = EMAModel(model.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     else:
@@ -69,10 +76,11 @@ def peer_steps(batch_size: int, ours_settings: bool):
             noise = torch.randn(clean_images.shape)
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean_images.shape[0],)).long()
             noisy_images = scheduler.add_noise(clean_images, noise, timesteps)
-            if ours_settings:
+            if channels_last:
                 noisy_images = noisy_images.contiguous(memory_format=torch.channels_last)
-            noise_pred = model(noisy_images, timesteps, return_dict=False)[0]
-            loss = F.mse_loss(noise_pred, noise)
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                noise_pred = model(noisy_images, timesteps, return_dict=False)[0]
+            loss = F.mse_loss(noise_pred.float(), noise)
             loss.backward()
             if ours_settings:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -132,8 +140,8 @@ def main() -> None:
         sides = {
             "diffusers, its defaults": peer_steps(args.batch_size, ours_settings=False),
             "ours, its defaults": our_steps(args.batch_size, args.mixed_precision, tmp + "/a", peer_settings=False),
-            "diffusers, our settings": peer_steps(args.batch_size, ours_settings=True),
-            "ours, Diffusers' settings": our_steps(args.batch_size, args.mixed_precision, tmp + "/b", True),
+            "diffusers, our settings": peer_steps(args.batch_size, True, args.mixed_precision),
+            "ours, Diffusers' settings": our_steps(args.batch_size, "no", tmp + "/b", peer_settings=True),
         }
         times: dict[str, list[float]] = {name: [] for name in sides}
         for gen in sides.values():  # warm-up: allocation, first-call overheads

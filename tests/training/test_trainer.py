@@ -166,13 +166,21 @@ def test_bad_config(options, name):
 
 
 
-def test_channels_last_default_is_the_tasks_choice(digits, tmp_path):
-    """None (the default): channels-last for a pixel-space model; an explicit choice is kept."""
+@pytest.mark.parametrize(
+    "options,expected",
+    [({}, True), ({"mixed_precision": "bf16"}, False), ({"channels_last": False}, False),
+     ({"channels_last": True, "mixed_precision": "bf16"}, True)],
+)  # fmt: skip
+def test_channels_last_default_is_the_measured_choice(digits, tmp_path, options, expected):
+    """None (the default) resolves at set-up: on the CPU channels-last for a pixel-space model in fp32, NCHW under
+    bf16 autocast; an explicit choice is kept, and the model's weights follow it."""
     assert TrainingConfig().channels_last is None
-    pixel = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path))
-    assert pixel.config.channels_last is True
-    plain = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), channels_last=False)
-    assert plain.config.channels_last is False
+    trainer = Trainer(tiny_unet(), tiny_scheduler(), digits, output_dir=str(tmp_path), **options)
+    trainer._setup()
+    assert trainer.config.channels_last is expected
+    weight = trainer.unwrapped.down_blocks[0].resnets[0].conv1.weight  # (C, C, 3, 3), C > 1: the layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert weight.is_contiguous() is not expected
 
 def test_bad_trainer_arguments(digits, tmp_path):
     with pytest.raises(TypeError, match="model"):

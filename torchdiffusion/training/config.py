@@ -32,8 +32,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
-    channels_last: bool | None = None  # None: the task's choice (channels-last for pixel-space models, NCHW for
-    # latent ones: on latent maps of <= 32x32 oneDNN's NHWC backward kernels lose; benchmarks/t2i_train_throughput.py)
+    channels_last: bool | None = None  # None: measured choice (CPU: NHWC for pixel-space fp32, else NCHW; GPU: NHWC)
     gradient_checkpointing: bool = False
     # the objective
     prediction_type: str | None = None  # None: the noise scheduler's
