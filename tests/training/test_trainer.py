@@ -247,7 +247,7 @@ def test_hub_model_id_is_checked(bad):
 def test_in_training_samples_match_the_saved_pipeline(tmp_path, digits):
     """The sample grids drawn during training and `torchdiffusion generate` on the saved folder use the same
     sampler (an in-memory config marks timestep_spacing as defaulted; the saved one does not)."""
-    from torchdiffusion.cli import generate
+    from torchdiffusion.pipelines.generate import generate_from_pretrained as generate
 
     out = str(tmp_path / "run")
     torch.manual_seed(0)

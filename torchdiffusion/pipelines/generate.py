@@ -131,3 +131,62 @@ def use_lcm_lora(pipe: Any, pipeline: str, lora: str | None, scheduler: str | No
         own = is_lcm_lora(lcm)
         pipe.scheduler = LCMScheduler.from_pretrained(lcm) if own else LCMScheduler.from_config(pipe.scheduler.config)
     return lcm
+
+
+def generate_from_pretrained(
+    pipeline: str,
+    num_images: int | None = None,
+    scheduler: str | None = None,
+    steps: int | None = None,
+    class_label: str | int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    prompt: str | None = None,
+    lora: str | None = None,
+    lora_scale: float | None = None,
+    negative_prompt: str | None = None,
+    fast: bool = False,
+):
+    """Images ``(N, C, H, W)`` in [-1, 1] from a pipeline folder, and the number of grid columns to show them in.
+    A text-to-image pipeline draws ``prompt`` (``num_images`` default 1, ``guidance_scale`` 7.5, its own scheduler
+    unless ``scheduler`` names one), with the LoRA file or folder ``lora`` loaded and scaled by ``lora_scale``;
+    ``fast``: with an LCM-LoRA (``lora`` a folder ``distill-lcm`` wrote or any ``lora`` with ``scheduler="lcm"``,
+    or on the embedded model without ``lora`` its shipped one) 4 LCM steps at guidance 1; elsewhere
+    :data:`~torchdiffusion.pipelines.speed_options.FAST_PRESET` (given ``steps`` and
+    ``guidance_scale`` win). ``steps`` defaults to 25. What ``torchdiffusion generate`` runs."""
+    from .pipeline import DiffusionPipeline
+    from .speed_options import FAST_PRESET
+
+    if scheduler is not None:
+        check_sampler(scheduler)  # before the (slow) pipeline load
+    if num_images is not None and (isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1):
+        raise ValueError(f"num_images must be a positive int, got {num_images!r}")
+    pipe = DiffusionPipeline.from_pretrained(pipeline)
+    pipe.set_progress_bar_config(desc="sampling", leave=False)
+    if getattr(pipe, "text_encoder", None) is not None:
+        if prompt is None:
+            raise ValueError(f"prompt: {pipeline!r} is a text-to-image pipeline; give a prompt after the model")
+        lcm = use_lcm_lora(pipe, pipeline, lora, scheduler) if fast else None
+        if lcm is not None:  # 4 LCM steps, no guidance
+            scheduler = None
+            steps = 4 if steps is None else steps
+            guidance_scale = 1.0 if guidance_scale is None else guidance_scale
+        if lcm is not None or lora is not None:
+            pipe.load_lora_weights(lcm or lora)
+        fast_options = fast and lcm is None
+        preset = {k: v for k, v in FAST_PRESET.items() if k != "num_inference_steps"} if fast_options else None
+        if steps is None:
+            steps = FAST_PRESET["num_inference_steps"] if fast_options else 25
+        return generate_text_images(
+            pipe, prompt, num_images or 1, steps, sampler=scheduler, seed=seed,
+            guidance_scale=7.5 if guidance_scale is None else guidance_scale, negative_prompt=negative_prompt,
+            lora_scale=lora_scale, speed_options=preset,
+        )  # fmt: skip
+    given = [n for n, v in (("prompt", prompt), ("lora", lora), ("lora_scale", lora_scale),
+                            ("negative_prompt", negative_prompt), ("fast", fast or None)) if v is not None]  # fmt: skip
+    if given:
+        raise ValueError(f"{', '.join(given)}: {type(pipe).__name__} is not a text-to-image pipeline")
+    return generate_images(
+        pipe, num_images or 16, 25 if steps is None else steps, sampler=scheduler or DEFAULT_SAMPLER, seed=seed,
+        class_label=class_label, guidance_scale=2.0 if guidance_scale is None else guidance_scale,
+    )  # fmt: skip

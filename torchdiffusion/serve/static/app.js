@@ -57,8 +57,9 @@ async function pollProgress(taskId, stop) {
       const response = await api("sdapi/v1/progress?id_task=" + encodeURIComponent(taskId));
       if (response.ok) {
         const p = await response.json();
+        if (stop.done) break; // the job ended while this poll was in flight: its figures are stale
         $("progress").value = p.progress;
-        if (p.current_image && !stop.done) {
+        if (p.current_image) {
           $("preview").src = "data:image/png;base64," + p.current_image;
           $("preview").hidden = false;
         }
