@@ -107,7 +107,8 @@ class Trainer:
     def _channels_last(self, device: torch.device) -> bool:
         """The layout ``channels_last=None`` picks. On the CPU (2-core AVX-512 Zen 5, December 2026) NHWC trains a
         pixel-space UNet 5 % faster in fp32, but NCHW wins under bf16 autocast (18 %) and on latent models (their
-        maps are <= 64x64 / 8: oneDNN's NHWC backward kernels lose there, by 1.6x on SD 1.5's UNet at 256 px). On
+        maps are 1/8 of the image's and smaller: oneDNN's NHWC backward kernels lose there, 1.6x on SD 1.5's UNet at
+        256 px). On
         GPUs channels-last, as before."""
         if device.type != "cpu":
             return True
