@@ -108,8 +108,7 @@ class Trainer:
         """The layout ``channels_last=None`` picks. On the CPU (2-core AVX-512 Zen 5, December 2026) NHWC trains a
         pixel-space UNet 5 % faster in fp32, but NCHW wins under bf16 autocast (18 %) and on latent models (their
         maps are 1/8 of the image's and smaller: oneDNN's NHWC backward kernels lose there, 1.6x on SD 1.5's UNet at
-        256 px). On
-        GPUs channels-last, as before."""
+        256 px). On GPUs channels-last, as before."""
         if device.type != "cpu":
             return True
         return not self.task.latent and self.config.mixed_precision == "no"
