@@ -14,6 +14,7 @@ Printed, from one run (rounds alternate between the sides, so load changes hit a
     python benchmarks/t2i_train_throughput.py --preset tiny --steps 2 --rounds 1    # a check that it runs
     python benchmarks/t2i_train_throughput.py --preset small                        # SD 1.x layout, narrowed
     python benchmarks/t2i_train_throughput.py --preset sd --resolution 256 --batch-size 1   # SD 1.5's shapes
+    python benchmarks/t2i_train_throughput.py --mixed-precision bf16   # bf16 autocast on both sides (bf16 CPUs)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ PRESETS = {  # UNet, VAE and text-encoder overrides of tests/sd_fixtures.py, and
     ),
 }  # fmt: skip
 LR, RANK, TARGETS = 1e-4, 4, ["to_k", "to_q", "to_v", "to_out.0"]
+SETTINGS = {"mixed_precision": "no"}  # --mixed-precision, for both sides (set once in main)
 CAPTIONS = ["a photo of the cat", "the dog", "a cat and a dog", "the photo"]
 
 
@@ -96,7 +98,8 @@ def our_trainer(folder: str, data: Images, batch_size: int, lora: bool, cache: b
     from torchdiffusion.training.text_to_image import TextToImageTask
 
     task = TextToImageTask(folder, lora_rank=RANK if lora else None, cache_latents=cache)
-    options = {**TEXT_TO_IMAGE_DEFAULTS, "batch_size": batch_size, "learning_rate": LR, "max_steps": 10**6}
+    options = {**TEXT_TO_IMAGE_DEFAULTS, "batch_size": batch_size, "learning_rate": LR, "max_steps": 10**6,
+               "mixed_precision": SETTINGS["mixed_precision"]}  # fmt: skip
     trainer = Trainer(task, dataset=data, output_dir=tempfile.mkdtemp(), progress_bar=False, **options)
     start = time.perf_counter()
     trainer._setup()
@@ -151,20 +154,22 @@ def diffusers_steps(folder: str, data: Images, batch_size: int, lora: bool, phas
             phases.setdefault(name, []).append(now - clock["t"])
         clock["t"] = now
 
+    bf16 = SETTINGS["mixed_precision"] == "bf16"  # accelerate's autocast over the forward, as the scripts do
     while True:
         for batch in loader:
             start = clock["t"] = time.perf_counter()
-            input_ids = tokenizer(batch["captions"], max_length=tokenizer.model_max_length, padding="max_length",
-                                  truncation=True, return_tensors="pt").input_ids  # fmt: skip
-            encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
-            mark("tokenize + text encode")
-            latents = vae.encode(batch["images"]).latent_dist.sample() * vae.config.scaling_factor
-            mark("VAE encode")
-            noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],)).long()
-            noisy_latents = scheduler.add_noise(latents, noise, timesteps)
-            model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
-            loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                input_ids = tokenizer(batch["captions"], max_length=tokenizer.model_max_length, padding="max_length",
+                                      truncation=True, return_tensors="pt").input_ids  # fmt: skip
+                encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
+                mark("tokenize + text encode")
+                latents = vae.encode(batch["images"]).latent_dist.sample() * vae.config.scaling_factor
+                mark("VAE encode")
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],)).long()
+                noisy_latents = scheduler.add_noise(latents, noise, timesteps)
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+                loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
             mark("UNet forward")
             loss.backward()
             mark("backward")
@@ -265,7 +270,8 @@ def side_child(folder: str, lora: bool, index: int, what: str, args) -> None:
 
 def run_child(args, *extra: str) -> str:
     cmd = [sys.executable, __file__, "--preset", args.preset, "--resolution", str(args.resolution), "--batch-size",
-           str(args.batch_size), "--steps", str(args.steps), *extra]  # fmt: skip
+           str(args.batch_size), "--steps", str(args.steps), "--mixed-precision", args.mixed_precision,
+           *extra]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -304,6 +310,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="both sides (CPU bf16 units)")
     parser.add_argument("--isolate", action="store_true", help="each side's round in its own process (default for "
                         "--preset sd, whose three full fine-tunes do not fit in memory together)")  # fmt: skip
     parser.add_argument("--rss-child", nargs=2, metavar=("FOLDER", "KIND"), help=argparse.SUPPRESS)
@@ -312,6 +319,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.resolution = args.resolution or PRESETS[args.preset][3]
+    SETTINGS["mixed_precision"] = args.mixed_precision
     args.isolate = args.isolate or args.preset == "sd"
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1] == "lora", args.batch_size, args.resolution, max(2, args.steps))
@@ -325,7 +333,8 @@ def main() -> None:
     folder = build_folder(args.preset)
     data = Images(max(4 * args.batch_size, 8), args.resolution)
     print(f"preset {args.preset}, {args.resolution} px, batch {args.batch_size}, torch {torch.__version__}, "
-          f"diffusers {diffusers.__version__}, threads {torch.get_num_threads()}"
+          f"diffusers {diffusers.__version__}, threads {torch.get_num_threads()}, mixed precision "
+          f"{args.mixed_precision}"
           + (", each side's round in its own process" if args.isolate else ""))  # fmt: skip
     for lora in (False, True):
         kind = f"LoRA rank {RANK}" if lora else "full fine-tune + EMA"
