@@ -182,6 +182,15 @@ def test_channels_last_default_is_the_measured_choice(digits, tmp_path, options,
     assert weight.is_contiguous(memory_format=torch.channels_last) is expected
     assert weight.is_contiguous() is not expected
 
+
+def test_default_channels_last_per_device_model_and_precision():
+    from torchdiffusion.training.config import default_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_channels_last(False, "no", cpu) and not default_channels_last(True, "no", cpu)
+    assert not default_channels_last(False, "bf16", cpu)
+    assert default_channels_last(True, "bf16", cuda)  # GPUs keep NHWC
+
 def test_bad_trainer_arguments(digits, tmp_path):
     with pytest.raises(TypeError, match="model"):
         Trainer("unet", tiny_scheduler(), digits)

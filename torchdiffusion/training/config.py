@@ -15,6 +15,16 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 REPORT_TO = (None, "tensorboard", "wandb")
 
 
+
+def default_channels_last(latent: bool, mixed_precision: str, device: Any) -> bool:
+    """The layout ``channels_last=None`` picks for a run on ``device``. On the CPU (2-core AVX-512 Zen 5, December
+    2026) NHWC trains a pixel-space UNet 5 % faster in fp32, but NCHW wins under bf16 autocast (18 %) and on
+    ``latent`` models (their maps are 1/8 of the image's and smaller: oneDNN's NHWC backward kernels lose there,
+    1.6x on SD 1.5's UNet at 256 px). On GPUs channels-last, as before."""
+    if getattr(device, "type", device) != "cpu":
+        return True
+    return not latent and mixed_precision == "no"
+
 @dataclass
 class TrainingConfig:
     """Settings of a training run. ``batch_size`` is per process; one optimizer step sees

@@ -23,7 +23,7 @@ from ..core.schedules import TrainedSchedule
 from . import checkpoint as ckpt
 from . import outputs
 from .accelerator import make_accelerator
-from .config import TrainingConfig, lr_lambda
+from .config import TrainingConfig, default_channels_last, lr_lambda
 from .data import BatchPlan, iterate_batches, mix_seed
 from .ema import EMAModel
 from .losses import diffusion_loss, draw_step_noise, loss_weights, training_target
@@ -104,22 +104,14 @@ class Trainer:
         self.step = 0
 
     # ---- set-up -------------------------------------------------------------------------------------------
-    def _channels_last(self, device: torch.device) -> bool:
-        """The layout ``channels_last=None`` picks. On the CPU (2-core AVX-512 Zen 5, December 2026) NHWC trains a
-        pixel-space UNet 5 % faster in fp32, but NCHW wins under bf16 autocast (18 %) and on latent models (their
-        maps are 1/8 of the image's and smaller: oneDNN's NHWC backward kernels lose there, 1.6x on SD 1.5's UNet at
-        256 px). On GPUs channels-last, as before."""
-        if device.type != "cpu":
-            return True
-        return not self.task.latent and self.config.mixed_precision == "no"
-
     def _setup(self) -> None:
         cfg = self.config
         self.accelerator = acc = make_accelerator(cfg.mixed_precision, cfg.report_to, cfg.output_dir)
         self.rank, self.world_size, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         model = self.model.to(acc.device)
         if cfg.channels_last is None:
-            self.config = cfg = dataclasses.replace(cfg, channels_last=self._channels_last(acc.device))
+            layout = default_channels_last(self.task.latent, cfg.mixed_precision, acc.device)
+            self.config = cfg = dataclasses.replace(cfg, channels_last=layout)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.gradient_checkpointing and hasattr(model, "enable_gradient_checkpointing"):
